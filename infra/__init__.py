@@ -1,0 +1,1 @@
+"""Local stack (embedded Kafka broker, local ledger cluster), deployment files and their tooling."""

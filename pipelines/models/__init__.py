@@ -1,0 +1,1 @@
+"""Model wrappers (ONNX through onnxruntime) and verified model files."""

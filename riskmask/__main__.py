@@ -1,0 +1,7 @@
+"""``python -m riskmask``."""
+
+import sys
+
+from riskmask.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The ``riskmask`` command: one entry point, subcommands contributed by each package.
+
+Each area owns its subcommands in its own module (``infra.cli``, ``pipelines.cli``, ``ledger.cli``), each
+exposing ``register(subparsers)``; handlers take the parsed args and return an exit code. Errors a user can
+fix are printed as one readable line with a non-zero exit, never as a traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from riskmask import __version__
+from riskmask.errors import ServiceError, UserError
+
+COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="riskmask",
+        description="Risk-dependent face de-identification for streaming CCTV, with a PoA audit ledger.")
+    parser.add_argument("--version", action="version", version=f"riskmask {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ServiceError) as exc:
+        if args.debug:
+            raise
+        print(f"riskmask: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("riskmask: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # last resort: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"riskmask: error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

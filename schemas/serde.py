@@ -1,0 +1,158 @@
+"""Avro single-object encoding for riskmask messages.
+
+Every message is framed as ``0xC3 0x01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the writer
+schema's parsing canonical form + the Avro binary body (Avro 1.10 spec, "single object encoding"). The
+fingerprint lets a reader refuse a message of another schema before it parses a byte of the body.
+
+Schemas are read from the ``*.avsc`` files beside this module once per process, on first use (no work at
+import time), and cross-file named types (e.g. ``riskmask.v1.FaceDecision``) are inlined so that each
+schema is self-contained and its fingerprint is stable.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Any, Mapping
+
+import fastavro
+from fastavro.schema import fingerprint as _fastavro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+MAGIC = b"\xc3\x01"
+HEADER_LEN = 10
+# Hard limit on a single decoded message: a 4K JPEG is ~2 MB; anything far above is hostile or a mistake.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class SchemaError(ValueError):
+    """A message could not be encoded or decoded: garbage, truncated, foreign schema or invalid datum."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _raw_schemas() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(SCHEMA_DIR.glob("*.avsc")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        out[f"{doc['namespace']}.{doc['name']}"] = doc
+    return out
+
+
+def _inline(node: Any, raw: Mapping[str, dict[str, Any]], seen: set[str]) -> Any:
+    """Replace references to schemas defined in other files by their definition (first use only)."""
+    if isinstance(node, str):
+        if node in raw and node not in seen:
+            seen.add(node)
+            return _inline(copy.deepcopy(raw[node]), raw, seen)
+        return node
+    if isinstance(node, list):
+        return [_inline(n, raw, seen) for n in node]
+    if isinstance(node, dict):
+        if node.get("type") == "record":
+            ns = node.get("namespace")
+            full = node["name"] if "." in node["name"] or not ns else f"{ns}.{node['name']}"
+            seen.add(full)
+        return {k: (_inline(v, raw, seen) if k in ("type", "items", "values", "fields") else v)
+                for k, v in node.items()}
+    return node
+
+
+@functools.lru_cache(maxsize=None)
+def _catalog() -> dict[str, tuple[Any, bytes]]:
+    """full name -> (parsed schema, fingerprint); and fingerprint hex -> name, for lookups."""
+    raw = _raw_schemas()
+    out: dict[str, tuple[Any, bytes]] = {}
+    for name, doc in raw.items():
+        full = _inline(copy.deepcopy(doc), raw, set())
+        parsed = fastavro.parse_schema(full)
+        out[name] = (parsed, _fingerprint_of(parsed))
+    return out
+
+
+def _fingerprint_of(parsed: Any) -> bytes:
+    canonical = to_parsing_canonical_form(parsed)
+    return int(_fastavro_fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+
+
+def _resolve(name: str) -> str:
+    if "." not in name:
+        name = f"riskmask.v1.{name}"
+    if name not in _catalog():
+        raise SchemaError("unknown_schema", name)
+    return name
+
+
+def schema_names() -> list[str]:
+    """Full names of every schema shipped in schemas/."""
+    return sorted(_catalog())
+
+
+def load_schema(name: str) -> Any:
+    """The parsed (self-contained) schema for a full or short name, e.g. ``CameraFrame``."""
+    return _catalog()[_resolve(name)][0]
+
+
+def fingerprint(name: str) -> bytes:
+    """The 8-byte CRC-64-AVRO fingerprint used in the single-object header."""
+    return _catalog()[_resolve(name)][1]
+
+
+def encode(name: str, datum: Mapping[str, Any]) -> bytes:
+    """Encode ``datum`` as an Avro single-object message of schema ``name``."""
+    parsed, fp = _catalog()[_resolve(name)]
+    buf = io.BytesIO()
+    buf.write(MAGIC)
+    buf.write(fp)
+    try:
+        fastavro.schemaless_writer(buf, parsed, dict(datum), strict=True)
+    except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+        raise SchemaError("invalid_datum", f"{name}: {exc}") from None
+    return buf.getvalue()
+
+
+def peek_fingerprint(data: bytes) -> bytes:
+    """Fingerprint of a framed message, or SchemaError if it is not single-object encoded."""
+    if len(data) < HEADER_LEN or data[:2] != MAGIC:
+        raise SchemaError("not_avro", "missing single-object header")
+    return bytes(data[2:HEADER_LEN])
+
+
+def decode(name: str, data: bytes, reader_schema: Any = None,
+           writer_schemas: Mapping[bytes, Any] | None = None) -> dict[str, Any]:
+    """Decode a single-object message expected to be of schema ``name``.
+
+    ``reader_schema`` (a parsed schema) enables schema evolution: the message is read with the writer schema
+    named by its fingerprint and projected onto the reader schema (added fields take their defaults).
+    ``writer_schemas`` adds older writer versions by fingerprint. Every failure raises SchemaError.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SchemaError("not_bytes", type(data).__name__)
+    data = bytes(data)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise SchemaError("oversized", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
+    fp = peek_fingerprint(data)
+    parsed, own_fp = _catalog()[_resolve(name)]
+    if fp == own_fp:
+        writer = parsed
+    elif writer_schemas and fp in writer_schemas:
+        writer = writer_schemas[fp]
+    else:
+        raise SchemaError("foreign_schema", f"fingerprint {fp.hex()} is not {name}")
+    buf = io.BytesIO(data)
+    buf.seek(HEADER_LEN)
+    try:
+        out = fastavro.schemaless_reader(buf, writer, reader_schema if reader_schema is not None else writer)
+    except Exception as exc:  # fastavro raises many types on garbage (EOFError, ValueError, IndexError...)
+        raise SchemaError("corrupt", f"{name}: {type(exc).__name__}") from None
+    if buf.tell() != len(data):
+        raise SchemaError("trailing_bytes", f"{len(data) - buf.tell()} bytes after the datum")
+    return out
