@@ -1,9 +1,136 @@
-"""`riskmask` subcommands owned by the ledger package."""
+"""`riskmask` subcommands owned by the ledger package: ``riskmask ledger init|up|down|status|node``.
+
+The registry commands (keys, register, search, erase, audit ...) live in :mod:`ledger.manager_cli` and are
+added to the top level from here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
+from pathlib import Path
+
+from ledger.cluster import Cluster, ClusterError, default_dir, init_cluster
+from riskmask.errors import ServiceError, UserError
+
+logger = logging.getLogger(__name__)
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this package's subcommands to the top-level parser."""
+    p = sub.add_parser("ledger", help="the proof-of-authority ledger cluster (init, up, status, down, node)",
+                       description="Create and run a local cluster of ledger validator nodes.")
+    lsub = p.add_subparsers(dest="ledger_command", metavar="ACTION")
+    lsub.required = True
+
+    def dir_opt(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--dir", type=Path, default=None,
+                       help="cluster directory (default: $RISKMASK_LEDGER_DIR or ~/.riskmask/ledger)")
+
+    q = lsub.add_parser("init", help="create genesis, client keys and node configs")
+    q.add_argument("--validators", type=int, default=4, help="number of validator nodes (default 4)")
+    q.add_argument("--out", type=Path, default=None, help="cluster directory to create")
+    q.add_argument("--chain-id", default=None, help="chain id (default: random)")
+    q.add_argument("--force", action="store_true", help="replace an existing cluster directory's keys and data")
+    q.set_defaults(func=_cmd_init)
+
+    q = lsub.add_parser("up", help="start the node processes and wait for the first block")
+    q.add_argument("--nodes", type=int, default=None, help="validators when the directory is new (default 4)")
+    q.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for height 1 (default 90)")
+    dir_opt(q)
+    q.set_defaults(func=_cmd_up)
+
+    q = lsub.add_parser("down", help="stop every node of the cluster")
+    dir_opt(q)
+    q.set_defaults(func=_cmd_down)
+
+    q = lsub.add_parser("status", help="height, round, peers and last block time of every node")
+    dir_opt(q)
+    q.set_defaults(func=_cmd_status)
+
+    q = lsub.add_parser("node", help="run one node in the foreground")
+    q.add_argument("--config", type=Path, required=True, help="node config file (nodeN.json)")
+    q.set_defaults(func=_cmd_node)
+
+    try:
+        from ledger import manager_cli
+    except ImportError as exc:  # the registry commands are optional for running a cluster
+        logger.debug("registry commands unavailable: %s", exc)
+    else:
+        manager_cli.register_commands(sub)
+
+
+def _dir(args: argparse.Namespace) -> Path:
+    return (args.dir or default_dir()).expanduser()
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    out = (args.out or default_dir()).expanduser()
+    try:
+        init_cluster(out, args.validators, args.chain_id, force=args.force)
+    except ClusterError as exc:
+        raise UserError(str(exc)) from None
+    print(f"ledger cluster of {args.validators} validators created in {out}")
+    print(f"client keys: {out / 'keys'} (manager.key, pipeline.key, auditor.key)")
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    d = _dir(args)
+    try:
+        if not (d / "genesis.json").exists():
+            init_cluster(d, args.nodes or 4)
+        cluster = Cluster(d)
+        if args.nodes is not None and cluster.n != args.nodes:
+            raise UserError(f"{d} holds a cluster of {cluster.n} validators, not {args.nodes}")
+        t0 = time.monotonic()
+        cluster.up(wait_height=1, timeout_s=args.timeout)
+    except ClusterError as exc:
+        raise ServiceError(str(exc)) from None
+    print(f"{cluster.n} ledger nodes up in {time.monotonic() - t0:.1f} s (cluster directory {d})")
+    for i in range(cluster.n):
+        print(f"  node{i}: api http://{cluster.api_address(i)}  pid {cluster.pid(i)}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    try:
+        cluster = Cluster(_dir(args))
+    except ClusterError as exc:
+        raise UserError(str(exc)) from None
+    stopped = cluster.down()
+    print(f"stopped {len(stopped)} node(s)" if stopped else "no node was running")
+    return 0
+
+
+def format_status(cluster: Cluster) -> str:
+    rows = [("node", "pid", "state", "height", "round", "peers", "last block")]
+    now = time.time() * 1000
+    for st in cluster.status():
+        if st.status is None:
+            rows.append((f"node{st.index}", str(st.pid or "-"), "down" if not st.running else "no answer",
+                         "-", "-", "-", "-"))
+            continue
+        s = st.status
+        last = s.get("last_block_time_ms") or 0
+        age = f"{(now - last) / 1000:.1f} s ago" if last else "never"
+        rows.append((f"node{st.index}", str(st.pid), "up", str(s["height"]), str(s["round"]),
+                     ",".join(str(p) for p in s["peers"]) or "none", age))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        cluster = Cluster(_dir(args))
+    except ClusterError as exc:
+        raise UserError(str(exc)) from None
+    print(format_status(cluster))
+    return 0
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from ledger.node import run_node
+
+    return run_node(args.config)

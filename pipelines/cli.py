@@ -7,3 +7,8 @@ import argparse
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this package's subcommands to the top-level parser."""
+    from pipelines.producer import register_produce
+
+    register_produce(sub)
+    from pipelines.runner import register_run; register_run(sub)  # noqa: E702
+    from pipelines.redact import register_redact; register_redact(sub)  # noqa: E702

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import fastavro
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
@@ -106,6 +107,11 @@ def fingerprint(name: str) -> bytes:
     return _catalog()[_resolve(name)][1]
 
 
+def _short(text: str, limit: int = 240) -> str:
+    """Error details quote the offending value, which may be image bytes or personal data: keep them short."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def encode(name: str, datum: Mapping[str, Any]) -> bytes:
     """Encode ``datum`` as an Avro single-object message of schema ``name``."""
     parsed, fp = _catalog()[_resolve(name)]
@@ -113,9 +119,17 @@ def encode(name: str, datum: Mapping[str, Any]) -> bytes:
     buf.write(MAGIC)
     buf.write(fp)
     try:
-        fastavro.schemaless_writer(buf, parsed, dict(datum), strict=True)
+        record = dict(datum)
+        # validate() range-checks ints and floats (the writer alone would silently write 2**31 into an "int");
+        # strict_allow_default: fields with a default may be left out, unknown fields are refused.
+        validate(record, parsed, raise_errors=True)
+        fastavro.schemaless_writer(buf, parsed, record, strict_allow_default=True)
+    except ValidationError as exc:
+        raise SchemaError("invalid_datum", _short(f"{name}: {'; '.join(map(str, exc.errors))}")) from None
     except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
-        raise SchemaError("invalid_datum", f"{name}: {exc}") from None
+        raise SchemaError("invalid_datum", _short(f"{name}: {exc}")) from None
+    if buf.tell() > MAX_MESSAGE_BYTES:  # decode() refuses these; never produce what no reader accepts
+        raise SchemaError("oversized", f"{name}: {buf.tell()} bytes > {MAX_MESSAGE_BYTES}")
     return buf.getvalue()
 
 
@@ -130,9 +144,11 @@ def decode(name: str, data: bytes, reader_schema: Any = None,
            writer_schemas: Mapping[bytes, Any] | None = None) -> dict[str, Any]:
     """Decode a single-object message expected to be of schema ``name``.
 
-    ``reader_schema`` (a parsed schema) enables schema evolution: the message is read with the writer schema
-    named by its fingerprint and projected onto the reader schema (added fields take their defaults).
-    ``writer_schemas`` adds older writer versions by fingerprint. Every failure raises SchemaError.
+    ``reader_schema`` (parsed or a plain schema dict) enables schema evolution: the message is read with the
+    writer schema named by its fingerprint (this process's schema, one of ``writer_schemas``, or the reader
+    schema itself) and projected onto the reader schema (added fields take their defaults). Without a reader
+    schema the result has the shape of this process's schema. ``writer_schemas`` adds other writer versions
+    by fingerprint. Every failure raises SchemaError.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SchemaError("not_bytes", type(data).__name__)
@@ -141,16 +157,27 @@ def decode(name: str, data: bytes, reader_schema: Any = None,
         raise SchemaError("oversized", f"{len(data)} bytes > {MAX_MESSAGE_BYTES}")
     fp = peek_fingerprint(data)
     parsed, own_fp = _catalog()[_resolve(name)]
+    if reader_schema is not None and not (isinstance(reader_schema, dict)
+                                          and reader_schema.get("__fastavro_parsed")):
+        try:
+            reader_schema = fastavro.parse_schema(reader_schema)
+        except Exception as exc:  # fastavro raises SchemaParseException, KeyError, TypeError...
+            raise SchemaError("bad_reader_schema", f"{type(exc).__name__}: {exc}") from None
     if fp == own_fp:
         writer = parsed
     elif writer_schemas and fp in writer_schemas:
         writer = writer_schemas[fp]
+    elif reader_schema is not None and fp == _fingerprint_of(reader_schema):
+        writer = reader_schema  # written by the same (newer) version the caller reads with
     else:
         raise SchemaError("foreign_schema", f"fingerprint {fp.hex()} is not {name}")
+    # Without an explicit reader schema, project onto this process's schema: an older writer's message then
+    # comes out in the current shape, with defaults for the fields it lacks.
+    reader = reader_schema if reader_schema is not None else parsed
     buf = io.BytesIO(data)
     buf.seek(HEADER_LEN)
     try:
-        out = fastavro.schemaless_reader(buf, writer, reader_schema if reader_schema is not None else writer)
+        out = fastavro.schemaless_reader(buf, writer, reader)
     except Exception as exc:  # fastavro raises many types on garbage (EOFError, ValueError, IndexError...)
         raise SchemaError("corrupt", f"{name}: {type(exc).__name__}") from None
     if buf.tell() != len(data):

@@ -1,0 +1,200 @@
+"""The ledger node's HTTP API: endpoint table, roles and handlers (served by :mod:`ledger.httpserver`).
+
+Every request is authenticated by :class:`ledger.auth.Authenticator` (signed by a registered client key) and
+authorised by the role list of its endpoint. Endpoints (see ``ledger/openapi.yaml``):
+
+==========  ==========================  ======================================================
+method      path                        roles
+==========  ==========================  ======================================================
+GET         /openapi.yaml               all
+GET         /v1/status                  all
+POST        /v1/txs                     manager (register/update/erase), pipeline (anchor), validator
+POST        /v1/txs/batch               as above, per transaction
+GET         /v1/txs/{hash}              all (status + Merkle inclusion proof)
+GET         /v1/blocks/{height}         manager, auditor, validator
+GET         /v1/blocks?from=&to=        manager, auditor, validator (at most 100 blocks)
+GET         /v1/evidence                auditor, validator
+==========  ==========================  ======================================================
+
+Other modules add endpoints with :meth:`LedgerApi.add` (same auth, same error handling), e.g.::
+
+    api.add("GET", "/v1/watchlist", handler, roles={"pipeline", "validator"})
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from importlib import resources
+from typing import Iterable, Optional, Protocol
+
+from ledger.auth import Authenticator
+from ledger.config import ClientInfo, ClientRegistry
+from ledger.httpserver import Handler, HttpError, HttpServer, Request, Response, Route, Router
+
+logger = logging.getLogger(__name__)
+
+ALL_ROLES = frozenset({"manager", "pipeline", "auditor", "validator"})
+READ_ROLES = frozenset({"manager", "auditor", "validator"})
+SUBMIT_ROLES = frozenset({"manager", "pipeline", "validator"})
+# Which transaction kinds each role may submit (the kind comes from the transaction's payload op).
+SUBMIT_KINDS = {
+    "manager": frozenset({"register", "update", "erase"}),
+    "pipeline": frozenset({"anchor"}),
+    "validator": frozenset({"register", "update", "erase", "anchor", "other"}),
+}
+MAX_RANGE = 100
+
+
+class LedgerService(Protocol):
+    """What the API needs from the node."""
+
+    def submit_txs(self, txs: list[bytes], client: ClientInfo) -> list[tuple[Optional[str], Optional[str]]]:
+        """Admit transactions to the mempool; per tx (hash hex, None) or (None, reason)."""
+
+    def tx_status(self, tx_hash: bytes) -> dict: ...
+
+    def block_json(self, height: int) -> Optional[dict]: ...
+
+    def status_json(self) -> dict: ...
+
+    def evidence_json(self) -> list[dict]: ...
+
+    @property
+    def height(self) -> int: ...
+
+
+def _b64(data: str, what: str) -> bytes:
+    if not isinstance(data, str):
+        raise HttpError(400, f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HttpError(400, f"{what} is not valid base64") from None
+
+
+def _int_query(req: Request, name: str, default: Optional[int] = None) -> int:
+    v = req.query.get(name)
+    if v is None:
+        if default is None:
+            raise HttpError(400, f"query parameter {name!r} is required")
+        return default
+    if not v.isdigit() or len(v) > 18:
+        raise HttpError(400, f"query parameter {name!r} must be a non-negative integer")
+    return int(v)
+
+
+class LedgerApi:
+    """Endpoint table + server of one node."""
+
+    def __init__(self, service: LedgerService, registry: ClientRegistry, max_body: int,
+                 clock_skew_s: float = 60.0, max_batch: int = 5000) -> None:
+        self.service = service
+        self.router = Router()
+        self.auth = Authenticator(registry, clock_skew_s)
+        self.server = HttpServer(self.router, max_body, before=self.auth)
+        self.max_batch = max_batch
+        self._spec: Optional[bytes] = None
+        self.add("GET", "/openapi.yaml", self._openapi, ALL_ROLES, "openapi")
+        self.add("GET", "/v1/status", self._status, ALL_ROLES, "status")
+        self.add("POST", "/v1/txs", self._submit_one, SUBMIT_ROLES, "submit")
+        self.add("POST", "/v1/txs/batch", self._submit_batch, SUBMIT_ROLES, "submit_batch")
+        self.add("GET", "/v1/txs/{hash:hex}", self._tx, ALL_ROLES, "tx_status")
+        self.add("GET", "/v1/blocks/{height:int}", self._block, READ_ROLES, "block")
+        self.add("GET", "/v1/blocks", self._blocks, READ_ROLES, "blocks")
+        self.add("GET", "/v1/evidence", self._evidence, frozenset({"auditor", "validator"}), "evidence")
+
+    def add(self, method: str, path: str, handler: Handler, roles: Iterable[str], name: str = "",
+            max_body: Optional[int] = None) -> Route:
+        """Register an endpoint. ``handler(req) -> Response``; ``req.context['client']`` is the caller."""
+        roles = frozenset(roles)
+        unknown = roles - ALL_ROLES
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)}")
+        return self.router.add(method, path, handler, roles, name, max_body)
+
+    async def start(self, host: str, port: int) -> int:
+        return await self.server.start(host, port)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    # -- handlers ------------------------------------------------------------------------------------------
+    async def _openapi(self, req: Request) -> Response:
+        if self._spec is None:
+            self._spec = resources.files("ledger").joinpath("openapi.yaml").read_bytes()
+        return Response(200, self._spec, "application/yaml")
+
+    async def _status(self, req: Request) -> Response:
+        return Response.json(self.service.status_json())
+
+    def _admit(self, raw: list[bytes], req: Request) -> list[tuple[Optional[str], Optional[str]]]:
+        client: ClientInfo = req.context["client"]
+        return self.service.submit_txs(raw, client)
+
+    async def _submit_one(self, req: Request) -> Response:
+        body = req.json()
+        if not isinstance(body, dict) or set(body) != {"tx"}:
+            raise HttpError(400, 'body must be {"tx": "<base64 transaction>"}')
+        tx = _b64(body["tx"], "tx")
+        [(h, err)] = self._admit([tx], req)
+        if err is not None:
+            status = 403 if err.startswith("forbidden") else 400
+            raise HttpError(status, err)
+        return Response.json({"hash": h, "status": "pending"}, 202)
+
+    async def _submit_batch(self, req: Request) -> Response:
+        body = req.json()
+        if not isinstance(body, dict) or set(body) != {"txs"} or not isinstance(body["txs"], list):
+            raise HttpError(400, 'body must be {"txs": ["<base64 transaction>", ...]}')
+        if not body["txs"]:
+            raise HttpError(400, "txs must not be empty")
+        if len(body["txs"]) > self.max_batch:
+            raise HttpError(413, f"at most {self.max_batch} transactions per batch")
+        raw = [_b64(t, f"txs[{i}]") for i, t in enumerate(body["txs"])]
+        results = self._admit(raw, req)
+        accepted = [h for h, e in results if e is None]
+        rejected = [{"index": i, "error": e} for i, (h, e) in enumerate(results) if e is not None]
+        if not accepted:
+            raise HttpError(400, f"no transaction accepted; first error: {rejected[0]['error']}")
+        return Response.json({"accepted": accepted, "rejected": rejected}, 202)
+
+    async def _tx(self, req: Request) -> Response:
+        hx = req.params["hash"]
+        if len(hx) != 64:
+            raise HttpError(400, "transaction hash must be 64 hex digits")
+        st = self.service.tx_status(bytes.fromhex(hx))
+        return Response.json(st, 200 if st.get("status") != "unknown" else 404)
+
+    async def _block(self, req: Request) -> Response:
+        h = req.params["height"]
+        if h < 1:
+            raise HttpError(400, "height must be >= 1")
+        blk = self.service.block_json(h)
+        if blk is None:
+            raise HttpError(404, f"no block at height {h} (current height {self.service.height})")
+        return Response.json(blk)
+
+    async def _blocks(self, req: Request) -> Response:
+        start = _int_query(req, "from", 1)
+        end = _int_query(req, "to", start + MAX_RANGE - 1)
+        if start < 1 or end < start:
+            raise HttpError(400, "need 1 <= from <= to")
+        if end - start + 1 > MAX_RANGE:
+            raise HttpError(400, f"at most {MAX_RANGE} blocks per request")
+        end = min(end, self.service.height)
+        blocks = [b for b in (self.service.block_json(h) for h in range(start, end + 1)) if b is not None]
+        return Response.json({"blocks": blocks, "height": self.service.height})
+
+    async def _evidence(self, req: Request) -> Response:
+        return Response.json({"evidence": self.service.evidence_json()})
+
+
+def json_error(status: int, reason: str) -> Response:
+    """A 4xx/5xx answer in the API's error shape."""
+    return Response.json({"error": reason}, status)
+
+
+__all__ = ["LedgerApi", "LedgerService", "ALL_ROLES", "READ_ROLES", "SUBMIT_ROLES", "SUBMIT_KINDS",
+           "HttpError", "Request", "Response", "json_error"]

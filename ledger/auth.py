@@ -1,0 +1,135 @@
+"""Signed API requests: every call carries an Ed25519 signature by a registered client key.
+
+Headers (all required):
+
+* ``X-Ledger-Key`` — the client's Ed25519 public key, 64 hex digits (its key id in the client registry);
+* ``X-Ledger-Timestamp`` — unix time in milliseconds; refused when further than the allowed skew from now;
+* ``X-Ledger-Nonce`` — 16..64 hex digits, never reused by that key within the skew window (replay guard);
+* ``X-Ledger-Signature`` — 128 hex digits: Ed25519 over the API-request domain of :mod:`ledger.crypto` and
+  the canonical request ``METHOD \\n target \\n sha256(body) hex \\n timestamp \\n nonce``, where ``target`` is
+  the path with its query string exactly as sent.
+
+The role of the key (from the client registry) must be among the endpoint's roles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from typing import Optional
+
+from ledger import crypto
+from ledger.config import ClientInfo, ClientRegistry
+from ledger.httpserver import HttpError, Request, Route
+
+H_KEY = "x-ledger-key"
+H_TS = "x-ledger-timestamp"
+H_NONCE = "x-ledger-nonce"
+H_SIG = "x-ledger-signature"
+MAX_NONCES = 1_000_000
+
+
+def canonical_request(method: str, target: str, body: bytes, timestamp_ms: int, nonce: str) -> bytes:
+    """The bytes a client signs for one request."""
+    return "\n".join([method.upper(), target, hashlib.sha256(body).hexdigest(), str(timestamp_ms),
+                      nonce]).encode("utf-8")
+
+
+def sign_request(seed: bytes, method: str, target: str, body: bytes,
+                 timestamp_ms: Optional[int] = None, nonce: Optional[str] = None) -> dict[str, str]:
+    """Headers that authenticate one request made with the client key ``seed``."""
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    nonce = nonce or os.urandom(16).hex()
+    key = crypto.PrivateKey.from_seed(seed)
+    sig = key.sign(crypto.DOMAIN_API_REQUEST, canonical_request(method, target, body, ts, nonce))
+    return {"X-Ledger-Key": key.public_key().to_bytes().hex(), "X-Ledger-Timestamp": str(ts),
+            "X-Ledger-Nonce": nonce, "X-Ledger-Signature": sig.hex()}
+
+
+class NonceCache:
+    """Nonces seen per key until their timestamp leaves the skew window (bounded, oldest evicted)."""
+
+    def __init__(self, window_s: float, max_entries: int = MAX_NONCES) -> None:
+        self.window_ms = int(window_s * 1000)
+        self.max_entries = max_entries
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def check_and_add(self, key_id: str, nonce: str, ts_ms: int, now_ms: int) -> bool:
+        """False when (key, nonce) was already used; otherwise remember it and return True."""
+        self._expire(now_ms)
+        k = (key_id, nonce)
+        if k in self._seen:
+            return False
+        self._seen[k] = ts_ms + self.window_ms
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
+        return True
+
+    def _expire(self, now_ms: int) -> None:
+        # Entries are (roughly) in arrival order; stop at the first unexpired one.
+        while self._seen:
+            k, exp = next(iter(self._seen.items()))
+            if exp >= now_ms:
+                break
+            self._seen.popitem(last=False)
+
+
+class Authenticator:
+    """Checks signature, freshness, replay and role for every routed request (the server's ``before`` hook)."""
+
+    def __init__(self, registry: ClientRegistry, clock_skew_s: float = 60.0) -> None:
+        self.registry = registry
+        self.skew_ms = int(clock_skew_s * 1000)
+        self.nonces = NonceCache(clock_skew_s * 2)
+        self._keys: dict[str, crypto.PublicKey] = {}
+
+    async def __call__(self, req: Request, route: Route) -> None:
+        req.context["client"] = self.authenticate(req, route)
+
+    def authenticate(self, req: Request, route: Route) -> ClientInfo:
+        h = req.headers
+        missing = [n for n in (H_KEY, H_TS, H_NONCE, H_SIG) if n not in h]
+        if missing:
+            raise HttpError(401, f"unsigned request: missing header {missing[0]}")
+        key_id = h[H_KEY].lower()
+        if len(key_id) != 64 or not _is_hex(key_id):
+            raise HttpError(401, "malformed X-Ledger-Key (64 hex digits expected)")
+        client = self.registry.lookup(key_id)
+        if client is None:
+            raise HttpError(401, "unknown client key")
+        ts_s = h[H_TS]
+        if not ts_s.isdigit() or len(ts_s) > 16:
+            raise HttpError(401, "malformed X-Ledger-Timestamp (unix milliseconds expected)")
+        ts = int(ts_s)
+        now = int(time.time() * 1000)
+        if abs(now - ts) > self.skew_ms:
+            raise HttpError(401, "stale or future timestamp (check the client clock)")
+        nonce = h[H_NONCE].lower()
+        if not 16 <= len(nonce) <= 64 or not _is_hex(nonce):
+            raise HttpError(401, "malformed X-Ledger-Nonce (16..64 hex digits expected)")
+        sig_hex = h[H_SIG]
+        if len(sig_hex) != 128 or not _is_hex(sig_hex):
+            raise HttpError(401, "malformed X-Ledger-Signature (128 hex digits expected)")
+        pk = self._keys.get(key_id)
+        if pk is None:
+            pk = crypto.PublicKey.from_bytes(client.public_key)
+            self._keys[key_id] = pk
+        msg = canonical_request(req.method, req.target, req.body, ts, h[H_NONCE])
+        if not pk.verify(crypto.DOMAIN_API_REQUEST, msg, bytes.fromhex(sig_hex)):
+            raise HttpError(401, "bad request signature")
+        if client.role not in route.roles:
+            raise HttpError(403, f"role {client.role!r} may not call {route.method} {route.template}")
+        # Replay check last, so a forged request cannot burn a legitimate client's nonce.
+        if not self.nonces.check_and_add(key_id, nonce, ts, now):
+            raise HttpError(401, "replayed request (nonce already used)")
+        return client
+
+
+def _is_hex(s: str) -> bool:
+    try:
+        bytes.fromhex(s)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,349 @@
+"""A local ledger cluster: N validator node processes on loopback, managed through a cluster directory.
+
+Layout of a cluster directory (``riskmask ledger init`` writes it, ``up``/``down``/``status`` use it)::
+
+    genesis.json            chain id + validators (public key, p2p and API address)
+    clients.json            client registry: public key -> role
+    keys/                   0700; every *.key file 0600
+        node0.key ...       validator private keys (one per node)
+        manager.key pipeline.key auditor.key
+    node0.json ...          per-node config (data dir, listen addresses, timeouts, limits)
+    data/node0/ledger.db    per-node SQLite store
+    run/node0.pid           pid of a running node
+    logs/node0.log          node log (appended across restarts)
+
+Ports are picked free at init time (bind to port 0) and kept in genesis, so restarts reuse them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.client import ApiError, LedgerClient, Unavailable
+from ledger.config import (ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig, ValidatorInfo,
+                           write_json)
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ROLES = ("manager", "pipeline", "auditor")
+ENV_LEDGER_DIR = "RISKMASK_LEDGER_DIR"
+
+
+class ClusterError(Exception):
+    """A cluster operation failed; the message is one readable line."""
+
+
+def default_dir() -> Path:
+    env = os.environ.get(ENV_LEDGER_DIR)
+    return Path(env) if env else Path.home() / ".riskmask" / "ledger"
+
+
+def public_key_of(seed: bytes) -> bytes:
+    """Ed25519 public key of a 32-byte seed."""
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free right now (bound to 0 together, then released)."""
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None, force: bool = False,
+                 host: str = "127.0.0.1", overrides: Optional[dict] = None) -> Path:
+    """Create a cluster directory: genesis, client registry, key files (0600) and node configs."""
+    out = Path(out)
+    if not 1 <= validators <= 64:
+        raise ClusterError("--validators must be between 1 and 64")
+    if (out / "genesis.json").exists() and not force:
+        raise ClusterError(f"{out} already holds a ledger cluster (genesis.json); use --force to replace it")
+    if force and (out / "run").exists() and any((out / "run").glob("*.pid")):
+        raise ClusterError(f"{out} has running nodes; run 'riskmask ledger down' first")
+    out.mkdir(parents=True, exist_ok=True)
+    keys = out / "keys"
+    if force and keys.exists():
+        shutil.rmtree(keys)
+    if force and (out / "data").exists():
+        shutil.rmtree(out / "data")
+    keys.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(keys, 0o700)
+    ports = free_ports(2 * validators, host)
+    vals = []
+    for i in range(validators):
+        seed = os.urandom(32)
+        KeyFile(seed, "validator", i, f"node{i}").save(keys / f"node{i}.key")
+        vals.append(ValidatorInfo(i, public_key_of(seed), f"{host}:{ports[2 * i]}", f"{host}:{ports[2 * i + 1]}"))
+    genesis = Genesis(chain_id or f"riskmask-{uuid.uuid4().hex[:8]}", int(time.time() * 1000), tuple(vals))
+    write_json(out / "genesis.json", genesis.to_dict())
+    clients = []
+    for role in CLIENT_ROLES:
+        seed = os.urandom(32)
+        KeyFile(seed, role, None, role).save(keys / f"{role}.key")
+        clients.append({"public_key": public_key_of(seed).hex(), "role": role, "name": role})
+    write_json(out / "clients.json", {"format": "riskmask-ledger-clients/1", "clients": clients})
+    for v in vals:
+        cfg = {"format": "riskmask-ledger-node/1", "index": v.index, "genesis_file": "genesis.json",
+               "clients_file": "clients.json", "key_file": f"keys/node{v.index}.key",
+               "data_dir": f"data/node{v.index}", "p2p_listen": v.p2p_address, "api_listen": v.api_address}
+        cfg.update(overrides or {})
+        write_json(out / f"node{v.index}.json", cfg)
+    # Validate what was written, exactly as a node will read it.
+    Genesis.load(out / "genesis.json")
+    ClientRegistry.load(out / "clients.json")
+    for v in vals:
+        NodeConfig.load(out / f"node{v.index}.json")
+    return out
+
+
+@dataclass
+class NodeState:
+    index: int
+    pid: Optional[int]
+    running: bool
+    status: Optional[dict]
+    error: str = ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().split(b") ", 1)[1][:1] != b"Z"
+    except OSError:
+        return True
+
+
+def _is_our_node(pid: int, config: Path) -> bool:
+    """True when ``pid`` runs ``ledger.node`` with this config (guards against recycled pids)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _pid_alive(pid)
+    return b"ledger.node" in cmd and str(config).encode() in cmd
+
+
+class Cluster:
+    """Start, stop and inspect the node processes of one cluster directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory).resolve()
+        if not (self.dir / "genesis.json").exists():
+            raise ClusterError(f"no ledger cluster in {self.dir} (run 'riskmask ledger init' first)")
+        try:
+            self.genesis = Genesis.load(self.dir / "genesis.json")
+        except ConfigError as exc:
+            raise ClusterError(str(exc)) from None
+        self._procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def n(self) -> int:
+        return self.genesis.n
+
+    def config_path(self, i: int) -> Path:
+        return self.dir / f"node{i}.json"
+
+    def pid_path(self, i: int) -> Path:
+        return self.dir / "run" / f"node{i}.pid"
+
+    def log_path(self, i: int) -> Path:
+        return self.dir / "logs" / f"node{i}.log"
+
+    def data_dir(self, i: int) -> Path:
+        return NodeConfig.load(self.config_path(i)).data_dir
+
+    def api_address(self, i: int) -> str:
+        return self.genesis.validators[i].api_address
+
+    def key_seed(self, name: str) -> bytes:
+        return KeyFile.load(self.dir / "keys" / f"{name}.key").seed
+
+    def client(self, i: int, role: str = "auditor", timeout_s: float = 5.0) -> LedgerClient:
+        return LedgerClient(self.api_address(i), self.key_seed(role), timeout_s)
+
+    # -- processes -----------------------------------------------------------------------------------------
+    def pid(self, i: int) -> Optional[int]:
+        try:
+            pid = int(self.pid_path(i).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if _pid_alive(pid) and _is_our_node(pid, self.config_path(i)):
+            return pid
+        return None
+
+    def start_node(self, i: int, extra_args: tuple[str, ...] = ()) -> int:
+        """Start node ``i`` detached (own session, log file); returns its pid. No-op when already running."""
+        if not 0 <= i < self.n:
+            raise ClusterError(f"node index {i} out of range 0..{self.n - 1}")
+        pid = self.pid(i)
+        if pid is not None:
+            return pid
+        for port_addr in (self.genesis.validators[i].p2p_hostport, self.genesis.validators[i].api_hostport):
+            if not _port_free(*port_addr):
+                raise ClusterError(f"node {i} cannot start: {port_addr[0]}:{port_addr[1]} is in use "
+                                   "by another process")
+        (self.dir / "run").mkdir(exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        log = open(self.log_path(i), "ab")
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.node", "--config", str(self.config_path(i)), *extra_args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=str(self.dir), env=env)
+        log.close()
+        self._procs[i] = proc
+        tmp = self.pid_path(i).with_suffix(".tmp")
+        tmp.write_text(f"{proc.pid}\n")
+        os.replace(tmp, self.pid_path(i))
+        return proc.pid
+
+    def kill_node(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> bool:
+        """Signal node ``i`` and wait for it to exit (SIGKILL after ``timeout_s``). False if not running."""
+        pid = self.pid(i)
+        if pid is None:
+            self.pid_path(i).unlink(missing_ok=True)
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._reap(i)
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while _pid_alive(pid):
+                self._reap(i)
+                time.sleep(0.05)
+        self._reap(i)
+        self.pid_path(i).unlink(missing_ok=True)
+        return True
+
+    def _reap(self, i: int) -> None:
+        proc = self._procs.get(i)
+        if proc is not None and proc.poll() is not None:
+            self._procs.pop(i, None)
+
+    def wipe_node(self, i: int) -> None:
+        """Delete node ``i``'s data directory (the node must be stopped)."""
+        if self.pid(i) is not None:
+            raise ClusterError(f"node {i} is running; stop it before wiping its data")
+        shutil.rmtree(self.data_dir(i), ignore_errors=True)
+
+    def up(self, wait_height: int = 1, timeout_s: float = 60.0, nodes: Optional[list[int]] = None) -> None:
+        """Start all (or the given) nodes and wait until each reports height >= ``wait_height``."""
+        started = []
+        idx = list(range(self.n)) if nodes is None else nodes
+        try:
+            for i in idx:
+                if self.pid(i) is None:
+                    self.start_node(i)
+                    started.append(i)
+            self.wait_height(wait_height, timeout_s, nodes=idx)
+        except BaseException:
+            for i in started:  # no orphans: undo what this call started
+                self.kill_node(i, signal.SIGTERM, 5.0)
+            raise
+
+    def down(self, timeout_s: float = 10.0) -> list[int]:
+        """Stop every running node (SIGTERM, then SIGKILL); returns the indices stopped."""
+        stopped = []
+        for i in range(self.n):
+            if self.kill_node(i, signal.SIGTERM, timeout_s):
+                stopped.append(i)
+        return stopped
+
+    # -- inspection ----------------------------------------------------------------------------------------
+    def node_status(self, i: int, timeout_s: float = 3.0) -> NodeState:
+        pid = self.pid(i)
+        if pid is None:
+            return NodeState(i, None, False, None, "not running")
+        try:
+            with self.client(i, "auditor", timeout_s) as c:
+                return NodeState(i, pid, True, c.status())
+        except (Unavailable, ApiError) as exc:
+            return NodeState(i, pid, True, None, str(exc))
+
+    def status(self) -> list[NodeState]:
+        return [self.node_status(i) for i in range(self.n)]
+
+    def heights(self, nodes: Optional[list[int]] = None) -> dict[int, int]:
+        """Height of every reachable node."""
+        out = {}
+        for i in (range(self.n) if nodes is None else nodes):
+            st = self.node_status(i)
+            if st.status is not None:
+                out[i] = int(st.status["height"])
+        return out
+
+    def wait_height(self, height: int, timeout_s: float = 60.0, nodes: Optional[list[int]] = None) -> None:
+        """Wait until every node in ``nodes`` (default all) reports at least ``height``."""
+        idx = list(range(self.n)) if nodes is None else nodes
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for i in idx:
+                if self.pid(i) is None:
+                    raise ClusterError(f"node {i} exited during start-up; see {self.log_path(i)}"
+                                       f"{_log_tail(self.log_path(i))}")
+            hs = self.heights(idx)
+            if all(hs.get(i, -1) >= height for i in idx):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"nodes did not reach height {height} within {timeout_s:.0f} s "
+                                   f"(heights: {hs or 'none reachable'}); see {self.dir / 'logs'}")
+            time.sleep(0.2)
+
+
+def _port_free(host: str, port: int) -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f" (last log line: {lines[-1][-200:]})" if lines else ""

@@ -1,0 +1,577 @@
+"""The ledger node process: consensus + store + p2p + HTTP API + mempool, on one asyncio loop.
+
+The pure state machine (:mod:`ledger.consensus`) decides; this module feeds it events (p2p messages,
+timeouts, new transactions, synced blocks) one at a time and executes its actions strictly in order:
+``PersistSigned`` is committed to SQLite (fsync) before any later action runs, so a vote is durable before
+it can leave the node. Finalized blocks are stored with their commit certificates, their transactions leave
+the mempool and the registry state (:mod:`ledger.registry_api`) is updated.
+
+Run: ``python -m ledger.node --config node0.json`` (or ``riskmask ledger node --config ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import concurrent.futures
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ledger import crypto, merkle, p2p, sync
+from ledger.api import SUBMIT_KINDS, LedgerApi
+from ledger.config import ClientInfo, ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig
+from ledger.consensus.events import (STEP_NAMES, STEP_PROPOSAL, BlockContent, Broadcast, ChainTip,
+                                     CommitReceived, ConsensusParams, Decide, PersistSigned, ProposalReceived,
+                                     RecordEvidence, RequestSync, ScheduleTimeout, TimeoutFired, TxsAvailable,
+                                     VoteReceived)
+from ledger.consensus.state import ConsensusState
+from ledger.errors import LedgerError
+from ledger.fastverify import make_verifier
+from ledger.mempool import Mempool, MempoolFull
+from ledger.store import Store, StoreError
+from ledger.types import Block, CommitCertificate, Evidence, Proposal, Transaction, Vote, decode_message
+
+logger = logging.getLogger(__name__)
+
+KIND_NAMES = {1: "register", 2: "update", 3: "erase", 4: "anchor"}
+STATUS_INTERVAL_S = 1.0
+GOSSIP_INTERVAL_S = 0.005
+SYNC_TIMEOUT_S = 5.0
+MAX_FUTURE_MS = 10_000
+MERKLE_CACHE = 16
+ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LedgerNode:
+    """One validator node. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.genesis = Genesis.load(cfg.genesis_file)
+        if not 0 <= cfg.index < self.genesis.n:
+            raise ConfigError(f"node index {cfg.index} is not a validator of genesis (n = {self.genesis.n})")
+        self.chain_id = self.genesis.chain_id
+        self.clients = ClientRegistry.load(cfg.clients_file).with_validators(self.genesis)
+        kf = KeyFile.load(cfg.key_file)
+        self.key = crypto.PrivateKey.from_seed(kf.seed)
+        if self.key.public_key().to_bytes() != self.genesis.validators[cfg.index].public_key:
+            raise ConfigError(f"key file {cfg.key_file} does not hold validator {cfg.index}'s key")
+        self.public_keys = self.genesis.public_keys()
+        self.verifier = make_verifier(200_000)
+        self.store = Store(cfg.data_dir / "ledger.db", self.chain_id, self.genesis.hash())
+        self.mempool = Mempool(cfg.mempool_max_txs, cfg.mempool_max_bytes)
+        self.pending_evidence: dict[bytes, Evidence] = {}
+        self.registry = self._make_registry()
+        self._registry_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="registry")
+        self.api = LedgerApi(self, self.clients, cfg.api_max_body, cfg.api_clock_skew, cfg.api_max_batch)
+        if self.registry is not None:
+            self.registry.install(self.api)
+        self.p2p = p2p.P2P(self.genesis, cfg.index, self.key, self._on_frame, self._on_connect)
+        self.byzantine = None
+        if cfg.byzantine:
+            from ledger.byzantine import Byzantine
+
+            self.byzantine = Byzantine(self)
+        self.consensus: Optional[ConsensusState] = None
+        self._events: collections.deque = collections.deque()
+        self._busy = False
+        self._gossip: list[bytes] = []
+        self._tasks: list[asyncio.Task] = []
+        self._peer_heights: dict[int, int] = {}
+        self._sync_inflight: Optional[tuple[int, int, float]] = None  # (peer, start, deadline)
+        self._merkle_cache: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+        self._last_hash = self.genesis.hash()
+        self._last_time = self.genesis.genesis_time
+        self._closing = False
+        self.fatal: Optional[str] = None
+        self.stop_event: Optional[asyncio.Event] = None
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def _make_registry(self) -> Any:
+        try:
+            from ledger.registry_api import RegistryIndex, RegistryService
+        except ImportError as exc:
+            logger.info("registry endpoints disabled: %s", exc)
+            return None
+        index = RegistryIndex(self.cfg.data_dir / "registry.db")
+        return RegistryService(index, self.store, lambda: self.store.height)
+
+    def _tip(self) -> ChainTip:
+        h = self.store.height
+        if h == 0:
+            return ChainTip(0, self.genesis.hash(), self.genesis.genesis_time)
+        b = self.store.get_block(h)
+        return ChainTip(h, b.hash, b.time_ms)
+
+    def _replay_registry(self) -> None:
+        """Bring the registry index up to the stored chain (it is derived state, rebuilt if lost)."""
+        if self.registry is None:
+            return
+        start = self.registry.index.applied_height + 1
+        for h in range(start, self.store.height + 1):
+            blk = Block.decode(self.store.get_block(h).block)
+            self.registry.apply_block(h, [(tx.hash(), tx.payload) for tx in blk.txs])
+
+    async def start(self) -> None:
+        tip = self._tip()
+        self._last_hash, self._last_time = tip.block_hash, tip.timestamp_ms
+        self._replay_registry()
+        params = ConsensusParams(
+            timeout_propose=self.cfg.timeout_propose, timeout_propose_delta=self.cfg.timeout_propose_delta,
+            timeout_prevote=self.cfg.timeout_prevote, timeout_prevote_delta=self.cfg.timeout_prevote_delta,
+            timeout_precommit=self.cfg.timeout_precommit,
+            timeout_precommit_delta=self.cfg.timeout_precommit_delta,
+            timeout_commit=self.cfg.block_interval, timeout_max=self.cfg.timeout_max,
+            max_block_txs=self.cfg.max_block_txs, max_block_bytes=self.cfg.max_block_bytes)
+        signed = [m for *_, m in self.store.signed_from(tip.height + 1)]
+        self.consensus = ConsensusState(self.chain_id, self.public_keys, self.cfg.index, self.key, tip, params,
+                                        self._build_block, self._validate_block, self.verifier, signed)
+        host, port = p2p_host_port(self.cfg.p2p_listen)
+        await self.p2p.start(host, port)
+        ahost, aport = p2p_host_port(self.cfg.api_listen)
+        await self.api.start(ahost, aport)
+        self._execute(self.consensus.start())
+        self._drain()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._status_loop()), loop.create_task(self._gossip_loop())]
+        logger.info("node %d started at height %d (chain %s, p2p %s, api %s)", self.cfg.index, tip.height,
+                    self.chain_id, self.cfg.p2p_listen, self.cfg.api_listen)
+
+    async def stop(self) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        await self.api.stop()
+        await self.p2p.stop()
+        self._registry_pool.shutdown(wait=True)
+        if self.registry is not None:
+            self.registry.index.close()
+        self.store.close()
+
+    # -- the event loop around the state machine --------------------------------------------------------
+    def feed(self, event: Any) -> None:
+        """Queue an input event and process the queue (events never interleave)."""
+        self._events.append(event)
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._busy or self.consensus is None:
+            return
+        self._busy = True
+        try:
+            while self._events and not self._closing:
+                ev = self._events.popleft()
+                self._execute(self.consensus.handle(ev))
+        except (StoreError, LedgerError) as exc:
+            self._die(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug must stop the node, never leave it half-applied
+            logger.exception("consensus step failed")
+            self._die(f"internal error: {exc}")
+        finally:
+            self._busy = False
+
+    def _die(self, reason: str) -> None:
+        """Fail hard: stop processing and make the process exit non-zero."""
+        logger.critical("stopping the node: %s", reason)
+        self.fatal = reason
+        self._closing = True
+        self._events.clear()
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def _execute(self, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, PersistSigned):
+                self.store.save_signed(a.height, a.round, a.step, a.data)
+            elif isinstance(a, Broadcast):
+                mtype = p2p.T_PROPOSAL if isinstance(a.message, Proposal) else p2p.T_VOTE
+                if self.byzantine is not None:
+                    self.byzantine.broadcast(mtype, a.message, a.data)
+                else:
+                    self.p2p.broadcast(mtype, a.data)
+            elif isinstance(a, ScheduleTimeout):
+                asyncio.get_running_loop().call_later(a.duration_s, self._fire,
+                                                      TimeoutFired(a.kind, a.height, a.round))
+            elif isinstance(a, Decide):
+                self._commit(a.block, a.certificate)
+            elif isinstance(a, RecordEvidence):
+                self._record_evidence(a.evidence)
+            elif isinstance(a, RequestSync):
+                self._request_sync(a.height)
+            else:
+                logger.warning("unknown consensus action %r", type(a).__name__)
+
+    def _fire(self, ev: Any) -> None:
+        if not self._closing:
+            self.feed(ev)
+
+    # -- decisions -----------------------------------------------------------------------------------------
+    def _commit(self, block: Block, cert: CommitCertificate) -> None:
+        h = block.header.height
+        hashes = [tx.hash() for tx in block.txs]
+        self.store.save_block(h, block.hash(), block.header.timestamp_ms, block.encode(), cert.encode(), hashes)
+        self._last_hash, self._last_time = block.hash(), block.header.timestamp_ms
+        self.mempool.remove(hashes)
+        for ev in block.evidence:
+            self.pending_evidence.pop(ev.encode(), None)
+        if self.registry is not None:
+            # Derived state, applied in block order on one worker thread so its fsyncs stay off the
+            # consensus path; rebuilt from the stored blocks after a restart if a crash cut it short.
+            self._registry_pool.submit(self._apply_registry, h,
+                                       [(hh, tx.payload) for hh, tx in zip(hashes, block.txs)])
+        if h % 100 == 0:
+            logger.info("height %d (%d txs in this block, mempool %d)", h, len(hashes), len(self.mempool))
+        if len(self.mempool):
+            self._events.append(TxsAvailable())
+
+    def _apply_registry(self, height: int, txs: list[tuple[bytes, bytes]]) -> None:
+        try:
+            self.registry.apply_block(height, txs)
+        except Exception:
+            logger.exception("registry could not apply block %d", height)
+
+    def _record_evidence(self, ev: Evidence) -> None:
+        data = ev.encode()
+        kind = {1: "duplicate_vote", 2: "duplicate_proposal"}.get(ev.kind, str(ev.kind))
+        if self.store.add_evidence(ev.height, ev.validator, kind, data, now_ms()):
+            logger.warning("evidence: validator %d equivocated at height %d (%s)", ev.validator, ev.height, kind)
+        self.pending_evidence.setdefault(data, ev)
+
+    def _build_block(self, height: int, round_: int) -> BlockContent:
+        txs = self.mempool.take(self.cfg.max_block_txs, self.cfg.max_block_bytes - 64 * 1024)
+        evidence = list(self.pending_evidence.values())[:16]
+        return BlockContent(now_ms(), txs, evidence)
+
+    def _validate_block(self, block: Block) -> bool:
+        """Application checks of a proposed block: signatures, authorised senders, no replayed tx."""
+        if block.header.timestamp_ms > now_ms() + MAX_FUTURE_MS:
+            return False
+        seen: set[bytes] = set()
+        unknown: list[bytes] = []
+        for tx in block.txs:
+            h = tx.hash()
+            if h in seen:
+                return False
+            seen.add(h)
+            if h in self.mempool:
+                continue  # verified at admission
+            if self._check_tx(tx) is not None:
+                return False
+            unknown.append(h)
+        if self.store.has_txs(seen):
+            return False
+        return True
+
+    def _check_tx(self, tx: Transaction, caller_role: Optional[str] = None) -> Optional[str]:
+        """None when ``tx`` may enter the chain, else the reason (signature, sender, role)."""
+        sender = self.clients.lookup(tx.sender.hex())
+        if sender is None:
+            return "forbidden: transaction sender is not a registered client"
+        kind = KIND_NAMES.get(tx.kind, "other")
+        if kind not in SUBMIT_KINDS.get(sender.role, frozenset()):
+            return f"forbidden: sender role {sender.role} may not submit {kind} transactions"
+        if caller_role is not None and kind not in SUBMIT_KINDS.get(caller_role, frozenset()):
+            return f"forbidden: role {caller_role} may not submit {kind} transactions"
+        if not tx.verify_signature(self.chain_id, self.verifier):
+            return "bad transaction signature"
+        return None
+
+    # -- mempool admission (API + p2p) ---------------------------------------------------------------------
+    def submit_txs(self, txs: list[bytes], client: ClientInfo) -> list[tuple[Optional[str], Optional[str]]]:
+        out: list[tuple[Optional[str], Optional[str]]] = []
+        fresh: list[tuple[bytes, Transaction, bytes]] = []
+        for raw in txs:
+            res = self._admit(raw, client.role)
+            out.append(res[:2])
+            if res[2] is not None:
+                fresh.append(res[2])
+        if fresh:
+            committed = self.store.has_txs(h for h, _, _ in fresh)
+            t = time.monotonic()
+            for h, tx, raw in fresh:
+                if h in committed:
+                    continue
+                try:
+                    if self.mempool.add(h, tx, raw, t):
+                        self._gossip.append(raw)
+                except MempoolFull as exc:
+                    idx = next(i for i, (hh, _) in enumerate(out) if hh == h.hex())
+                    out[idx] = (None, f"busy: {exc}")
+            if len(self.mempool):
+                self.feed(TxsAvailable())
+        return out
+
+    def _admit(self, raw: bytes, role: str) -> tuple[Optional[str], Optional[str], Optional[tuple]]:
+        if len(raw) > self.cfg.max_tx_bytes:
+            return None, f"transaction of {len(raw)} bytes exceeds the limit of {self.cfg.max_tx_bytes}", None
+        try:
+            tx = Transaction.decode(raw)
+            tx.validate_basic()
+        except (LedgerError, ValueError) as exc:
+            return None, f"malformed transaction: {exc}", None
+        h = tx.hash()
+        if h in self.mempool:
+            return h.hex(), None, None
+        reason = self._check_tx(tx, role)
+        if reason is None and self.registry is not None:
+            reason = self.registry.check_tx(tx.payload, role)
+        if reason is not None:
+            return None, reason, None
+        return h.hex(), None, (h, tx, raw)
+
+    def _on_peer_txs(self, body: bytes) -> None:
+        fresh = []
+        for raw in sync.decode_txs(body):
+            if len(raw) > self.cfg.max_tx_bytes:
+                continue
+            try:
+                tx = Transaction.decode(raw)
+                tx.validate_basic()
+            except (LedgerError, ValueError):
+                continue
+            h = tx.hash()
+            if h in self.mempool or self._check_tx(tx) is not None:
+                continue
+            fresh.append((h, tx, raw))
+        if not fresh:
+            return
+        committed = self.store.has_txs(h for h, _, _ in fresh)
+        t = time.monotonic()
+        for h, tx, raw in fresh:
+            if h not in committed:
+                try:
+                    self.mempool.add(h, tx, raw, t)
+                except MempoolFull:
+                    break
+        if len(self.mempool):
+            self.feed(TxsAvailable())
+
+    async def _gossip_loop(self) -> None:
+        while True:
+            await asyncio.sleep(GOSSIP_INTERVAL_S)
+            if self._gossip:
+                batch, self._gossip = self._gossip, []
+                for i in range(0, len(batch), 2000):
+                    self.p2p.broadcast(p2p.T_TXS, sync.encode_txs(batch[i:i + 2000]))
+
+    # -- p2p -----------------------------------------------------------------------------------------------
+    async def _on_connect(self, peer: int) -> None:
+        self.p2p.send(peer, p2p.T_STATUS, sync.encode_status(self.store.height, self._round()))
+        # Re-send what we signed at the current height: the peer may have missed it while away.
+        h = self.store.height + 1
+        for _, _, step, msg in self.store.signed_from(h):
+            self.p2p.send(peer, p2p.T_PROPOSAL if step == STEP_PROPOSAL else p2p.T_VOTE, msg)
+
+    async def _on_frame(self, peer: int, mtype: int, body: bytes) -> None:
+        try:
+            if mtype == p2p.T_VOTE or mtype == p2p.T_PROPOSAL:
+                msg = decode_message(body)
+                if isinstance(msg, Vote):
+                    self.feed(VoteReceived(msg))
+                elif isinstance(msg, Proposal):
+                    self.feed(ProposalReceived(msg))
+            elif mtype == p2p.T_TXS:
+                self._on_peer_txs(body)
+            elif mtype == p2p.T_STATUS:
+                height, _ = sync.decode_status(body)
+                self._peer_heights[peer] = height
+                if height > self.store.height:
+                    self._request_sync(self.store.height + 1, prefer=peer)
+            elif mtype == p2p.T_SYNC_REQ:
+                start, count = sync.decode_request(body)
+                self.p2p.send(peer, p2p.T_SYNC_RESP, self._sync_response(start, count))
+            elif mtype == p2p.T_SYNC_RESP:
+                self._on_sync_response(peer, sync.decode_response(body))
+            else:
+                logger.debug("ignoring frame type %d from validator %d", mtype, peer)
+        except (LedgerError, ValueError) as exc:
+            logger.debug("bad frame type %d from validator %d: %s", mtype, peer, exc)
+
+    def _round(self) -> int:
+        return int(getattr(self.consensus, "round", 0) or 0) if self.consensus is not None else 0
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            self.p2p.broadcast(p2p.T_STATUS, sync.encode_status(self.store.height, self._round()))
+            inflight = self._sync_inflight
+            if inflight is not None and time.monotonic() > inflight[2]:
+                self._sync_inflight = None
+            ahead = [p for p, h in self._peer_heights.items() if h > self.store.height and p in self.p2p.peers]
+            if ahead:
+                self._request_sync(self.store.height + 1, prefer=max(ahead, key=self._peer_heights.get))
+
+    # -- sync ----------------------------------------------------------------------------------------------
+    def _request_sync(self, height: int, prefer: Optional[int] = None) -> None:
+        if self._sync_inflight is not None and time.monotonic() < self._sync_inflight[2]:
+            return
+        height = max(height, self.store.height + 1)
+        peers = self.p2p.connected()
+        if not peers:
+            return
+        if prefer is None or prefer not in peers:
+            cands = [p for p in peers if self._peer_heights.get(p, 0) >= height] or peers
+            prefer = max(cands, key=lambda p: self._peer_heights.get(p, 0))
+        self._sync_inflight = (prefer, height, time.monotonic() + SYNC_TIMEOUT_S)
+        self.p2p.send(prefer, p2p.T_SYNC_REQ, sync.encode_request(height, sync.MAX_SYNC_BLOCKS))
+
+    def _sync_response(self, start: int, count: int) -> bytes:
+        items, total = [], 0
+        for b in self.store.get_blocks(start, start + count - 1):
+            if items and total + len(b.block) + len(b.cert) > sync.MAX_SYNC_BYTES:
+                break
+            items.append((b.block, b.cert))
+            total += len(b.block) + len(b.cert)
+        return sync.encode_response(items)
+
+    def _on_sync_response(self, peer: int, items: list[tuple[bytes, bytes]]) -> None:
+        self._sync_inflight = None
+        applied = 0
+        for braw, craw in items:
+            block = Block.decode(braw)
+            cert = CommitCertificate.decode(craw)
+            h = block.header.height
+            if h <= self.store.height:
+                continue
+            if h != self.store.height + 1:
+                break
+            before = self.store.height
+            self.feed(CommitReceived(block, cert))
+            if self.store.height == before:
+                logger.warning("sync: block %d from validator %d was not accepted", h, peer)
+                break
+            applied += 1
+        if applied and self._peer_heights.get(peer, 0) > self.store.height:
+            self._request_sync(self.store.height + 1, prefer=peer)
+
+    # -- the API's view ----------------------------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self.store.height
+
+    def status_json(self) -> dict:
+        c = self.consensus
+        step = getattr(c, "step", None)
+        return {"index": self.cfg.index, "chain_id": self.chain_id, "height": self.store.height,
+                "round": self._round(), "step": STEP_NAMES.get(step, str(step)),
+                "peers": self.p2p.connected(), "last_block_time_ms": self._last_time if self.store.height else 0,
+                "last_block_hash": self._last_hash.hex(), "mempool": len(self.mempool),
+                "byzantine": self.byzantine is not None}
+
+    def block_json(self, height: int) -> Optional[dict]:
+        b = self.store.get_block(height)
+        if b is None:
+            return None
+        blk = Block.decode(b.block)
+        hd = blk.header
+        header = {"chain_id": hd.chain_id, "height": hd.height, "round": hd.round,
+                  "timestamp_ms": hd.timestamp_ms, "prev_hash": hd.prev_hash.hex(), "tx_root": hd.tx_root.hex(),
+                  "num_txs": hd.num_txs, "proposer": hd.proposer, "validators_hash": hd.validators_hash.hex(),
+                  "evidence_hash": hd.evidence_hash.hex()}
+        return {"height": b.height, "hash": b.hash.hex(), "time_ms": b.time_ms, "n_txs": b.n_txs,
+                "block": base64.b64encode(b.block).decode(), "cert": base64.b64encode(b.cert).decode(),
+                "header": header, "tx_hashes": [tx.hash().hex() for tx in blk.txs]}
+
+    def _tree(self, height: int) -> tuple["merkle.MerkleTree", Block]:
+        cached = self._merkle_cache.get(height)
+        if cached is not None:
+            self._merkle_cache.move_to_end(height)
+            return cached
+        blk = Block.decode(self.store.get_block(height).block)
+        tree = merkle.MerkleTree([tx.encode() for tx in blk.txs])
+        self._merkle_cache[height] = (tree, blk)
+        if len(self._merkle_cache) > MERKLE_CACHE:
+            self._merkle_cache.popitem(last=False)
+        return tree, blk
+
+    def tx_status(self, tx_hash: bytes) -> dict:
+        loc = self.store.tx_location(tx_hash)
+        if loc is None:
+            if tx_hash in self.mempool:
+                return {"status": "pending", "hash": tx_hash.hex()}
+            return {"status": "unknown", "hash": tx_hash.hex()}
+        height, idx = loc
+        tree, blk = self._tree(height)
+        proof = tree.inclusion_proof(idx)
+        return {"status": "committed", "hash": tx_hash.hex(), "height": height, "index": idx,
+                "block_hash": blk.hash().hex(),
+                "proof": {"leaf_index": idx, "tree_size": len(blk.txs), "root": blk.header.tx_root.hex(),
+                          "path": [p.hex() for p in proof]}}
+
+    def evidence_json(self) -> list[dict]:
+        return [{"height": e["height"], "validator": e["validator"], "kind": e["kind"],
+                 "data": base64.b64encode(e["data"]).decode(), "time_ms": e["time_ms"]}
+                for e in self.store.list_evidence()]
+
+
+def p2p_host_port(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _serve(cfg: NodeConfig) -> int:
+    node = LedgerNode(cfg)
+    stop = asyncio.Event()
+    node.stop_event = stop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except OSError as exc:
+        await node.stop()
+        raise ConfigError(f"node {cfg.index} cannot listen: {exc.strerror or exc}") from None
+    await stop.wait()
+    logger.info("node %d stopping", cfg.index)
+    await node.stop()
+    return 1 if node.fatal else 0
+
+
+def run_node(config: Path) -> int:
+    """Run one node until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        cfg = NodeConfig.load(config)
+    except ConfigError as exc:
+        print(f"ledger node: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, cfg.log_level),
+                        format=f"%(asctime)s node{cfg.index} %(levelname)s %(name)s: %(message)s")
+    prof_out = os.environ.get(ENV_PROFILE)
+    try:
+        if prof_out:  # bench hook: profile this node, stats written on a clean stop
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                return prof.runcall(asyncio.run, _serve(cfg))
+            finally:
+                prof.dump_stats(prof_out)
+        return asyncio.run(_serve(cfg))
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    except StoreError as exc:
+        logger.error("storage failure, stopping: %s", exc)
+        return 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ledger.node", description="Run one ledger validator node.")
+    ap.add_argument("--config", type=Path, required=True, help="node config file (nodeN.json)")
+    args = ap.parse_args(argv)
+    return run_node(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""In-pipeline element types: what flows between the Kafka source, the stages and the sinks.
+
+``KafkaRecord`` is one consumed record with its coordinates; ``FrameContext`` is one decoded frame plus what
+each stage learned about it (detections, per-face decisions, degraded flag); ``OutboundMessage`` is what a
+Kafka sink writes. All are frozen: a stage returns a new value with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from schemas.messages import FaceDecision
+
+DEDUPE_HEADER = "riskmask-dedupe"
+SOURCE_HEADER = "riskmask-source"
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    """One record read from Kafka; ``timestamp_ms`` is the record's broker/producer timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes]
+    value: bytes
+    timestamp_ms: int = -1
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One record to produce: the sink owns the topic, this owns key, value and headers."""
+
+    key: Optional[bytes]
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class FrameContext:
+    """A decoded camera frame travelling through the stages (pixels are BGR uint8, HxWx3)."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    camera_id: str
+    epoch: int
+    seq: int
+    capture_ts_us: int
+    width: int
+    height: int
+    raw_sha256: bytes
+    image: np.ndarray
+    raw_size: int = 0  # bytes of the encoded input image
+    detections: tuple[Any, ...] = ()  # pipelines.detection.Detection
+    detector_id: str = ""
+    faces: tuple[FaceDecision, ...] = ()
+    policy_id: str = ""
+    degraded: bool = False
+    degraded_reason: Optional[str] = None
+
+    def replace(self, **changes: Any) -> "FrameContext":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def dedupe_key(self) -> str:
+        return dedupe_key(self.camera_id, self.epoch, self.seq)
+
+    @property
+    def source_ref(self) -> str:
+        return source_ref(self.source_topic, self.source_partition, self.source_offset)
+
+
+def dedupe_key(camera_id: str, epoch: int, seq: int) -> str:
+    """The key that identifies one captured frame across restarts and replays."""
+    return f"{camera_id}/{epoch}/{seq}"
+
+
+def source_ref(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}/{partition}/{offset}"

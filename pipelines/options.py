@@ -1,0 +1,113 @@
+"""``RiskmaskOptions``: the single PipelineOptions subclass of the riskmask pipeline, and its validation.
+
+Beam collects the flags of every PipelineOptions subclass into one parser, so names here must not collide
+with Beam's own (``--bootstrap_servers`` belongs to the Kafka Streams runner options; ours is
+``--kafka_bootstrap_servers``). Portable/Flink flags that Beam defines itself (``--job_endpoint``,
+``--environment_type``, ``--environment_config``, ``--parallelism``, ``--max_parallelism``) are validated here
+but not redefined; ``--checkpointing_interval`` and ``--savepoint_path`` are added so that they reach the Flink
+job server, which reads them from the pipeline options.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_DLQ_TOPIC, DEFAULT_GROUP_ID,
+                                DEFAULT_MAX_BUNDLE_SECONDS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_RECORDS_PER_BUNDLE,
+                                DEFAULT_RAW_TOPIC, DEFAULT_REDACTED_TOPIC)
+from riskmask.errors import UserError
+
+PORTABLE_RUNNERS = {"PortableRunner", "FlinkRunner"}
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOSTPORT_RE = re.compile(r"^[^\s:,]+:\d{1,5}$")
+
+
+class OptionsError(UserError):
+    """A pipeline option is missing, malformed or inconsistent with another one."""
+
+
+class RiskmaskOptions(PipelineOptions):
+    """Everything the riskmask pipeline reads from its command line."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--kafka_bootstrap_servers", default=DEFAULT_BOOTSTRAP,
+                            help="comma-separated host:port of the Kafka brokers")
+        parser.add_argument("--raw_topic", default=DEFAULT_RAW_TOPIC, help="input topic of CameraFrame records")
+        parser.add_argument("--redacted_topic", default=DEFAULT_REDACTED_TOPIC, help="output of RedactedFrame")
+        parser.add_argument("--dlq_topic", default=DEFAULT_DLQ_TOPIC, help="output of DeadLetter records")
+        parser.add_argument("--audit_topic", default=DEFAULT_AUDIT_TOPIC, help="output of AuditBlock records")
+        parser.add_argument("--group_id", default=DEFAULT_GROUP_ID,
+                            help="Kafka consumer group whose committed offsets the source resumes from")
+        parser.add_argument("--detector", default="yunet", help="face detector model name")
+        parser.add_argument("--detector_threshold", type=float, default=None,
+                            help="detector score threshold (default: the model's own, kept low)")
+        parser.add_argument("--policy", default="default", help="masking policy name or path to a policy file")
+        parser.add_argument("--detector_threads", type=int, default=1, help="onnxruntime threads per detector")
+        parser.add_argument("--max_frame_bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+                            help="larger records go to the DLQ as oversized")
+        parser.add_argument("--bounded", action="store_true", default=False,
+                            help="read up to the end offsets seen at start, then finish (replays, tests)")
+        parser.add_argument("--max_records_per_bundle", type=int, default=DEFAULT_MAX_RECORDS_PER_BUNDLE,
+                            help="records one source call emits before it checkpoints (bounds bundles)")
+        parser.add_argument("--max_bundle_seconds", type=float, default=DEFAULT_MAX_BUNDLE_SECONDS,
+                            help="seconds one source call reads before it checkpoints (bounds output latency)")
+        parser.add_argument("--checkpointing_interval", type=int, default=-1,
+                            help="Flink checkpoint interval in ms (required on Flink: offsets commit on checkpoints)")
+        parser.add_argument("--savepoint_path", default=None, help="Flink savepoint to restore the job from")
+
+
+def validate(options: PipelineOptions) -> RiskmaskOptions:
+    """Check every option; raise OptionsError with one readable line on the first problem."""
+    opts = options.view_as(RiskmaskOptions)
+    servers = [s.strip() for s in (opts.kafka_bootstrap_servers or "").split(",") if s.strip()]
+    if not servers:
+        raise OptionsError("bootstrap servers are empty; pass host:port[,host:port...]")
+    for s in servers:
+        if not _HOSTPORT_RE.match(s) or not 0 < int(s.rpartition(":")[2]) <= 65535:
+            raise OptionsError(f"bootstrap server {s!r} is not host:port")
+    topics = {"raw": opts.raw_topic, "redacted": opts.redacted_topic, "dlq": opts.dlq_topic,
+              "audit": opts.audit_topic}
+    for role, name in topics.items():
+        if not name or not _TOPIC_RE.match(name):
+            raise OptionsError(f"{role} topic {name!r} is not a valid Kafka topic name")
+    if opts.raw_topic in (opts.redacted_topic, opts.dlq_topic, opts.audit_topic):
+        raise OptionsError(f"the input topic {opts.raw_topic!r} must differ from every output topic")
+    if not opts.group_id:
+        raise OptionsError("group id is empty")
+    if opts.detector_threshold is not None and not 0.0 < opts.detector_threshold < 1.0:
+        raise OptionsError(f"detector threshold must be in (0, 1), got {opts.detector_threshold}")
+    if not 1 <= opts.detector_threads <= 64:
+        raise OptionsError(f"threads must be 1..64, got {opts.detector_threads}")
+    if not 1024 <= opts.max_frame_bytes <= 64 * 1024 * 1024:
+        raise OptionsError(f"max frame bytes must be 1 KiB..64 MiB, got {opts.max_frame_bytes}")
+    if not 1 <= opts.max_records_per_bundle <= 100_000:
+        raise OptionsError(f"max records per bundle must be 1..100000, got {opts.max_records_per_bundle}")
+    if not 0.01 <= opts.max_bundle_seconds <= 60:
+        raise OptionsError(f"max bundle seconds must be 0.01..60, got {opts.max_bundle_seconds}")
+    _validate_runner(options, opts)
+    return opts
+
+
+def _validate_runner(options: PipelineOptions, opts: RiskmaskOptions) -> None:
+    all_opts = options.get_all_options()
+    runner = options.view_as(StandardOptions).runner or "FnApiRunner"
+    runner_name = runner if isinstance(runner, str) else type(runner).__name__
+    parallelism, max_par = all_opts.get("parallelism", -1), all_opts.get("max_parallelism", -1)
+    if parallelism not in (-1, None) and parallelism < 1:
+        raise OptionsError(f"parallelism must be >= 1, got {parallelism}")
+    if max_par not in (-1, None) and (max_par < 1 or (parallelism not in (-1, None) and max_par < parallelism)):
+        raise OptionsError(f"max parallelism must be >= 1 and >= parallelism, got {max_par}")
+    if runner_name not in PORTABLE_RUNNERS:
+        return
+    env_type = (all_opts.get("environment_type") or "").upper()
+    if runner_name == "PortableRunner" and not all_opts.get("job_endpoint"):
+        raise OptionsError("the PortableRunner needs --job_endpoint host:port of a job server")
+    if env_type in ("EXTERNAL", "PROCESS") and not all_opts.get("environment_config"):
+        raise OptionsError(f"environment type {env_type} needs --environment_config")
+    if not opts.bounded and (opts.checkpointing_interval is None or opts.checkpointing_interval <= 0):
+        raise OptionsError("a streaming job on Flink needs --checkpointing_interval > 0 (ms): offsets are "
+                           "committed only when a checkpoint completes")

@@ -1,0 +1,141 @@
+"""``riskmask run``: build the pipeline from command-line options and run it.
+
+Runner choice: the default is Beam's ``FnApiRunner`` named explicitly. ``DirectRunner`` in Beam 2.77 first
+tries the Prism runner, which downloads a binary from GitHub; offline that attempt fails and it falls back to
+the FnApiRunner anyway, after a delay. ``PortableRunner`` (with ``--job-endpoint``) submits to a Beam job
+server such as the Flink one; streaming on Flink needs ``--checkpointing-interval`` because offsets are
+committed only when a checkpoint completes. Any other Beam flag can be passed with ``--pipeline-arg``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any, Callable, Optional, Sequence
+
+from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_DLQ_TOPIC, DEFAULT_GROUP_ID,
+                                DEFAULT_MAX_BUNDLE_SECONDS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_RECORDS_PER_BUNDLE,
+                                DEFAULT_RAW_TOPIC, DEFAULT_REDACTED_TOPIC)
+
+logger = logging.getLogger(__name__)
+
+RUNNERS = ("FnApiRunner", "DirectRunner", "PortableRunner", "FlinkRunner", "PrismRunner")
+
+
+def pipeline_args(args: argparse.Namespace) -> list[str]:
+    """Beam flags from the ``riskmask run`` arguments."""
+    out = [f"--runner={args.runner}", f"--kafka_bootstrap_servers={args.bootstrap_servers}",
+           f"--raw_topic={args.raw_topic}", f"--redacted_topic={args.redacted_topic}",
+           f"--dlq_topic={args.dlq_topic}", f"--audit_topic={args.audit_topic}", f"--group_id={args.group_id}",
+           f"--detector={args.detector}", f"--policy={args.policy}", f"--detector_threads={args.threads}",
+           f"--max_frame_bytes={args.max_frame_bytes}", f"--max_records_per_bundle={args.max_records_per_bundle}",
+           f"--max_bundle_seconds={args.max_bundle_seconds}"]
+    if args.detector_threshold is not None:
+        out.append(f"--detector_threshold={args.detector_threshold}")
+    if args.bounded:
+        out.append("--bounded")
+    for flag in ("job_endpoint", "environment_type", "environment_config", "checkpointing_interval",
+                 "parallelism", "max_parallelism", "savepoint_path"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"--{flag}={value}")
+    if args.runner in ("PortableRunner", "FlinkRunner") and not args.bounded:
+        out.append("--streaming")
+    out.extend(args.pipeline_arg or [])
+    return out
+
+
+def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], Any]] = None) -> str:
+    """Build and run the pipeline for Beam flags ``argv``; returns the final state (blocks until it ends)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import validate
+    from pipelines.pipeline import build
+
+    options = PipelineOptions(list(argv))
+    opts = validate(options)
+    logger.info("pipeline: %s -> %s (dlq %s), group %s, runner %s, %s", opts.raw_topic, opts.redacted_topic,
+                opts.dlq_topic, opts.group_id, options.get_all_options().get("runner"),
+                "bounded" if opts.bounded else "streaming")
+    p = beam.Pipeline(options=options)
+    build(p, opts, detector_factory=detector_factory)
+    result = p.run()
+    state = result.wait_until_finish()
+    return str(state)
+
+
+def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``riskmask run``."""
+    p = sub.add_parser("run", help="run the de-identification pipeline (Kafka -> Beam -> Kafka)",
+                       description="Read CameraFrame records, mask every face, write RedactedFrame records "
+                                   "(and DeadLetter records for anything that cannot be processed safely).")
+    p.add_argument("--bootstrap-servers", default=os.environ.get("RISKMASK_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+                   help="Kafka bootstrap servers (default: $RISKMASK_BOOTSTRAP or %(default)s)")
+    p.add_argument("--raw-topic", default=DEFAULT_RAW_TOPIC, help="input topic (default: %(default)s)")
+    p.add_argument("--redacted-topic", default=DEFAULT_REDACTED_TOPIC, help="output topic (default: %(default)s)")
+    p.add_argument("--dlq-topic", default=DEFAULT_DLQ_TOPIC, help="dead-letter topic (default: %(default)s)")
+    p.add_argument("--audit-topic", default=DEFAULT_AUDIT_TOPIC, help="audit topic (default: %(default)s)")
+    p.add_argument("--group-id", default=DEFAULT_GROUP_ID,
+                   help="consumer group whose committed offsets are resumed (default: %(default)s)")
+    p.add_argument("--detector", default="yunet", help="face detector: yunet | centerface (default: %(default)s)")
+    p.add_argument("--detector-threshold", type=float, default=None, help="detector score threshold")
+    p.add_argument("--policy", default="default", help="policy name (default, paper) or a policy file path")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the detector (default 1)")
+    p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+                   help="records above this go to the DLQ as oversized (default: %(default)s)")
+    p.add_argument("--max-records-per-bundle", type=int, default=DEFAULT_MAX_RECORDS_PER_BUNDLE,
+                   help="records per source checkpoint; bounds bundle latency (default: %(default)s)")
+    p.add_argument("--max-bundle-seconds", type=float, default=DEFAULT_MAX_BUNDLE_SECONDS,
+                   help="seconds of reading per source checkpoint; bounds output latency (default: %(default)s)")
+    p.add_argument("--bounded", action="store_true",
+                   help="process what is in the topic now, then stop (replays, tests)")
+    p.add_argument("--runner", default="FnApiRunner", choices=RUNNERS, help="Beam runner (default: %(default)s)")
+    p.add_argument("--job-endpoint", dest="job_endpoint", default=None, help="Beam job server host:port")
+    p.add_argument("--environment-type", dest="environment_type", default=None,
+                   help="SDK worker environment for portable runners (EXTERNAL, PROCESS, DOCKER, LOOPBACK)")
+    p.add_argument("--environment-config", dest="environment_config", default=None,
+                   help="e.g. localhost:50000 of a worker pool for EXTERNAL")
+    p.add_argument("--checkpointing-interval", dest="checkpointing_interval", type=int, default=None,
+                   help="Flink checkpoint interval in ms (required for streaming on Flink)")
+    p.add_argument("--parallelism", type=int, default=None, help="Flink parallelism")
+    p.add_argument("--max-parallelism", dest="max_parallelism", type=int, default=None,
+                   help="Flink max parallelism")
+    p.add_argument("--savepoint-path", dest="savepoint_path", default=None, help="Flink savepoint to restore")
+    p.add_argument("--pipeline-arg", action="append", default=[], metavar="FLAG",
+                   help="extra Beam pipeline flag, e.g. --pipeline-arg=--direct_num_workers=2 (repeatable)")
+    p.set_defaults(func=_run_main)
+
+
+def _run_main(args: argparse.Namespace) -> int:
+    if not getattr(args, "debug", False):
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # failures reach the user as one line
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    argv = pipeline_args(args)
+    try:
+        state = run_pipeline(argv)
+    except Exception as exc:
+        cause = _user_facing(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    logger.info("pipeline finished: %s", state)
+    return 0 if state in ("DONE", "PipelineState.DONE") else 1
+
+
+def _user_facing(exc: BaseException) -> Optional[BaseException]:
+    """The UserError/ServiceError behind a Beam wrapper exception, if any (one readable line for the CLI)."""
+    from riskmask.errors import ServiceError, UserError
+
+    seen = set()
+    cur: Optional[BaseException] = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, (UserError, ServiceError)):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+__all__ = ["pipeline_args", "register_run", "run_pipeline"]

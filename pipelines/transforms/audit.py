@@ -1,0 +1,147 @@
+"""Audit stage: one AuditRecord per redacted frame, per-camera hash-chained AuditBlocks to audit.blocks.
+
+Taps the output of Encode (a RedactedFrame, or the Kafka record carrying one), keys it by camera and feeds a
+stateful DoFn that holds the camera's :class:`~pipelines.audit_chain.CameraChain` (next index, last block
+hash, pending records) in Beam keyed state. A block is cut when ``max_records`` records are pending or the
+arriving record's capture time is ``max_window_us`` past the first pending one: decided on arriving
+elements, no timers (REAL_TIME timers push the local runner onto a runner without bundle finalizers).
+Consequence: the last partial block of a camera that stops sending is cut only when it sends again.
+
+An optional ``anchorer`` (e.g. :class:`LedgerAnchorer`) submits each block's Merkle root to the ledger as an
+anchor transaction; its hash goes into ``anchor_tx_hash``. A failed anchor leaves it null and is counted:
+the block is still written, and the auditor reports it as not anchored. Output: OutboundMessage with key =
+camera id, value = AuditBlock (Avro single-object), dedupe header ``camera_id/audit/index``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from pipelines.audit_chain import CameraChain, FlushRule, anchor_tx, record_from_redacted
+from pipelines.frame import DEDUPE_HEADER, OutboundMessage
+from schemas.messages import AuditBlock, AuditRecord, RedactedFrame
+from schemas.serde import SchemaError
+
+logger = logging.getLogger(__name__)
+
+STAGE = "audit"
+
+
+def to_redacted(element: Any) -> RedactedFrame:
+    """The RedactedFrame in an Encode output (OutboundMessage, bytes or the frame itself)."""
+    if isinstance(element, RedactedFrame):
+        return element
+    if isinstance(element, OutboundMessage):
+        return RedactedFrame.from_bytes(element.value)
+    if isinstance(element, (bytes, bytearray)):
+        return RedactedFrame.from_bytes(bytes(element))
+    raise TypeError(f"not a redacted frame: {type(element).__name__}")
+
+
+def block_message(block: AuditBlock) -> OutboundMessage:
+    """Kafka record for audit.blocks."""
+    return OutboundMessage(key=block.camera_id.encode("utf-8"), value=block.to_bytes(),
+                           headers=((DEDUPE_HEADER, f"{block.camera_id}/audit/{block.index}".encode("utf-8")),))
+
+
+class LedgerAnchorer:
+    """Submits an audit block's anchor transaction with the pipeline key; returns the tx hash (bytes).
+
+    Picklable: the registry client is made on first use, inside the worker.
+    """
+
+    def __init__(self, ledger_dir: str, key_name: str = "pipeline", key_file: Optional[str] = None) -> None:
+        self.ledger_dir, self.key_name, self.key_file = ledger_dir, key_name, key_file
+        self._client: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    def __call__(self, block: AuditBlock) -> bytes:
+        if self._client is None:
+            from pathlib import Path
+
+            from ledger.manager_cli import RegistryClient
+
+            self._client = RegistryClient.from_dir(Path(self.ledger_dir), key_name=self.key_name,
+                                                   key_file=Path(self.key_file) if self.key_file else None,
+                                                   need_keyring=False)
+        tx_hash, _ = self._client.submit_anchor(anchor_tx(block), wait=False)
+        return bytes.fromhex(tx_hash)
+
+
+def anchored(block: AuditBlock, anchorer: Optional[Callable[[AuditBlock], bytes]]) -> tuple[AuditBlock, bool]:
+    """The block with its anchor transaction hash, or unchanged (and False) when anchoring failed."""
+    if anchorer is None:
+        return block, True
+    try:
+        return dataclasses.replace(block, anchor_tx_hash=bytes(anchorer(block))), True
+    except Exception as exc:  # noqa: BLE001 - the block must still be written; the auditor flags it
+        logger.warning("anchoring audit block %s #%d failed: %s", block.camera_id, block.index,
+                       type(exc).__name__)
+        return block, False
+
+
+class _AuditChainFn(beam.DoFn):
+    CHAIN = ReadModifyWriteStateSpec("chain", PickleCoder())
+
+    def __init__(self, rule: FlushRule, anchorer: Optional[Callable[[AuditBlock], bytes]]) -> None:
+        self._rule = rule
+        self._anchorer = anchorer
+        self._blocks = Metrics.counter(STAGE, "blocks")
+        self._records = Metrics.counter(STAGE, "records")
+        self._anchor_failed = Metrics.counter(STAGE, "anchor_failed")
+
+    def process(self, element: tuple[str, AuditRecord],
+                chain_state: Any = beam.DoFn.StateParam(CHAIN)) -> Iterator[OutboundMessage]:
+        camera_id, record = element
+        chain: CameraChain = chain_state.read() or CameraChain(camera_id, self._rule)
+        block = chain.add(record)
+        chain_state.write(chain)
+        self._records.inc()
+        if block is None:
+            return
+        block, ok = anchored(block, self._anchorer)
+        if not ok:
+            self._anchor_failed.inc()
+        self._blocks.inc()
+        yield block_message(block)
+
+
+class _RecordFn(beam.DoFn):
+    """Encode output -> (camera_id, AuditRecord); an unreadable element is counted and skipped (it was
+    produced by this pipeline's own Encode stage, so this is a bug, not bad input)."""
+
+    def __init__(self) -> None:
+        self._bad = Metrics.counter(STAGE, "unreadable")
+
+    def process(self, element: Any) -> Iterator[tuple[str, AuditRecord]]:
+        try:
+            record = record_from_redacted(to_redacted(element))
+        except (SchemaError, TypeError) as exc:
+            logger.error("audit: cannot read an encoded frame: %s", exc)
+            self._bad.inc()
+            return
+        yield record.camera_id, record
+
+
+class Audit(beam.PTransform):
+    """Encode output -> OutboundMessage of AuditBlock records for audit.blocks."""
+
+    def __init__(self, rule: FlushRule = FlushRule(),
+                 anchorer: Optional[Callable[[AuditBlock], bytes]] = None) -> None:
+        super().__init__()
+        self._rule = rule
+        self._anchorer = anchorer
+
+    def expand(self, encoded: beam.PCollection) -> beam.PCollection:
+        records = (encoded | "AuditRecord" >> beam.ParDo(_RecordFn())
+                   .with_output_types(beam.typehints.Tuple[str, AuditRecord]))
+        return records | "ChainBlocks" >> beam.ParDo(_AuditChainFn(self._rule, self._anchorer))

@@ -1,0 +1,82 @@
+"""Encode stage: masked FrameContext -> RedactedFrame (JPEG) -> Kafka record for frames.redacted.
+
+The record carries the SHA-256 of the raw input image and of the redacted output, the policy and detector
+ids and the source coordinates, so an auditor can tie every output to its input. Its Kafka key is the camera
+id and its headers hold the dedupe key (camera_id/epoch/seq) and the source topic/partition/offset.
+If JPEG encoding fails the frame goes to the DLQ (never out unmasked, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Iterator
+
+import apache_beam as beam
+import cv2
+from apache_beam import pvalue
+
+from pipelines.frame import DEDUPE_HEADER, SOURCE_HEADER, FrameContext, OutboundMessage
+from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
+from schemas.messages import RedactedFrame
+
+logger = logging.getLogger(__name__)
+
+STAGE = "encode"
+DEFAULT_JPEG_QUALITY = 90
+
+
+class EncodeError(RuntimeError):
+    """The masked image could not be encoded."""
+
+
+def encode_frame(frame: FrameContext, quality: int = DEFAULT_JPEG_QUALITY) -> RedactedFrame:
+    """The RedactedFrame of a masked frame."""
+    ok, buf = cv2.imencode(".jpg", frame.image, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise EncodeError("JPEG encoder refused the image")
+    data = buf.tobytes()
+    return RedactedFrame(
+        camera_id=frame.camera_id, epoch=frame.epoch, seq=frame.seq, capture_ts_us=frame.capture_ts_us,
+        processed_ts_us=time.time_ns() // 1000, width=frame.width, height=frame.height, image=data,
+        raw_sha256=frame.raw_sha256, redacted_sha256=hashlib.sha256(data).digest(), policy_id=frame.policy_id,
+        detector_id=frame.detector_id, faces=frame.faces, encoding="jpeg", degraded=frame.degraded,
+        degraded_reason=frame.degraded_reason, source_topic=frame.source_topic,
+        source_partition=frame.source_partition, source_offset=frame.source_offset)
+
+
+def redacted_message(rf: RedactedFrame) -> OutboundMessage:
+    """Kafka record of a RedactedFrame: key = camera id; dedupe and source headers."""
+    return OutboundMessage(
+        key=rf.camera_id.encode(), value=rf.to_bytes(),
+        headers=((DEDUPE_HEADER, f"{rf.camera_id}/{rf.epoch}/{rf.seq}".encode()),
+                 (SOURCE_HEADER, f"{rf.source_topic}/{rf.source_partition}/{rf.source_offset}".encode())))
+
+
+class _EncodeFn(beam.DoFn):
+    def __init__(self, quality: int) -> None:
+        self._quality = quality
+
+    def process(self, frame: FrameContext) -> Iterator[object]:
+        try:
+            yield redacted_message(encode_frame(frame, self._quality))
+        except Exception as exc:  # encoder or schema failure: the frame goes to the DLQ, never out unmasked
+            logger.warning("encode failed on %s: %s", frame.source_ref, type(exc).__name__)
+            yield pvalue.TaggedOutput(DLQ_TAG, dead_letter(
+                frame.source_topic, frame.source_partition, frame.source_offset, STAGE, "encode_error",
+                None, type(exc).__name__, camera_id=frame.camera_id, epoch=frame.epoch, seq=frame.seq,
+                payload_sha256=frame.raw_sha256, payload_size=frame.raw_size))
+
+
+class Encode(beam.PTransform):
+    """FrameContext -> OutboundMessage of a RedactedFrame (main) | DeadLetter (``dlq``)."""
+
+    def __init__(self, quality: int = DEFAULT_JPEG_QUALITY) -> None:
+        super().__init__()
+        if not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be 1..100, got {quality}")
+        self._fn = _EncodeFn(quality)
+
+    def expand(self, pcoll: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return pcoll | "Encode" >> beam.ParDo(self._fn).with_outputs(DLQ_TAG, main="redacted")

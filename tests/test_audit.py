@@ -1,0 +1,273 @@
+"""Auditor: an intact exported chain verifies; every kind of tampering is detected at the first bad block."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import pytest
+
+from ledger import audit, crypto, merkle, payloads
+from ledger.config import Genesis, ValidatorInfo
+from ledger.exporter import to_ledger_block
+from ledger.payloads import AnchorTx
+from ledger.types import PRECOMMIT, Block, BlockHeader, CommitCertificate, Transaction, Vote, validator_set_hash
+from pipelines import audit_chain
+from schemas.messages import AuditBlock, AuditRecord, CommitSig, LedgerBlock
+
+CHAIN = "audit-test"
+N_BLOCKS = 6
+
+
+@dataclasses.dataclass
+class Net:
+    genesis: Genesis
+    keys: list[crypto.PrivateKey]
+    manager: crypto.PrivateKey
+    pipeline: crypto.PrivateKey
+
+
+@pytest.fixture(scope="module")
+def net() -> Net:
+    keys = [crypto.PrivateKey.generate() for _ in range(4)]
+    vals = tuple(ValidatorInfo(i, k.public_key().to_bytes(), f"127.0.0.1:{1000 + i}", f"127.0.0.1:{2000 + i}")
+                 for i, k in enumerate(keys))
+    return Net(Genesis(CHAIN, 1_700_000_000_000, vals), keys, crypto.PrivateKey.generate(),
+               crypto.PrivateKey.generate())
+
+
+def _anchor_tx(net: Net, h: int, anchor: tuple[bytes, int, int], count: int = 3) -> Transaction:
+    root, start, end = anchor
+    a = AnchorTx(camera_id="cam-1", window_start_us=start, window_end_us=end, record_count=count,
+                 merkle_root=root, audit_index=h - 1)
+    return Transaction.create(net.pipeline, CHAIN, payloads.OP_ANCHOR, h, 1_700_000_000_000 + h, payloads.encode(a))
+
+
+def _register_tx(net: Net, h: int) -> Transaction:
+    tx = payloads.SubjectTx(op=payloads.OP_REGISTER, pseudonym=os.urandom(32), pkey_id=b"p" * 8, version=1,
+                            nonce=os.urandom(12), ciphertext=os.urandom(700), kek_id=b"k" * 8,
+                            key_commitment=os.urandom(32))
+    return Transaction.create(net.manager, CHAIN, payloads.OP_REGISTER, h, 1_700_000_000_000 + h, payloads.encode(tx))
+
+
+def _cert(net: Net, height: int, block_hash: bytes, signers=(0, 1, 2), keys=None) -> CommitCertificate:
+    keys = keys or net.keys
+    votes = [Vote.create(keys[v], CHAIN, PRECOMMIT, height, 0, block_hash, v) for v in signers]
+    return CommitCertificate.from_votes(votes)
+
+
+def build_chain(net: Net, n: int = N_BLOCKS, roots: Optional[dict[int, tuple[bytes, int, int]]] = None,
+                header_hook: Optional[Callable[[int, BlockHeader], BlockHeader]] = None) -> list[LedgerBlock]:
+    """A valid exported chain (each block: one register, one anchor), optionally with a mutated header."""
+    prev = net.genesis.hash()
+    vhash = validator_set_hash(net.genesis.public_keys())
+    out = []
+    for h in range(1, n + 1):
+        root = (roots or {}).get(h, (crypto.sha256(b"root%d" % h), h * 1000, h * 1000 + 2))
+        blk = Block.build(CHAIN, h, 0, 1_700_000_000_000 + h * 1000, prev, (h % 4), vhash,
+                          [_register_tx(net, h), _anchor_tx(net, h, root)])
+        if header_hook is not None:
+            blk = Block(header_hook(h, blk.header), blk.txs, blk.evidence)
+        cert = _cert(net, h, blk.hash(), signers=(0, 1, 2, 3) if h % 2 else (0, 2, 3))
+        out.append(to_ledger_block(blk.encode(), cert.encode()))
+        prev = blk.hash()
+    return out
+
+
+def verify(net: Net, msgs: list[LedgerBlock], audit_blocks=None) -> audit.AuditReport:
+    ledger = [(i, m.to_bytes()) for i, m in enumerate(msgs)]
+    audits = None if audit_blocks is None else [(i, b.to_bytes()) for i, b in enumerate(audit_blocks)]
+    return audit.verify_stream(net.genesis, ledger, audits)
+
+
+def _failed_at(report: audit.AuditReport, height: int, reason: str) -> None:
+    assert not report.ok, report.summary()
+    assert report.failure.height == height, report.failure
+    assert reason in report.failure.reason, report.failure
+    assert f"block {height}" in report.summary()
+
+
+def test_intact_chain_verifies(net: Net) -> None:
+    report = verify(net, build_chain(net))
+    assert report.ok, report.summary()
+    assert report.blocks == N_BLOCKS and report.last_height == N_BLOCKS
+    assert report.kinds == {"register": N_BLOCKS, "anchor": N_BLOCKS}
+    assert report.anchors == N_BLOCKS
+    assert "INTACT" in report.summary()
+
+
+def test_exported_block_round_trips_through_avro(net: Net) -> None:
+    msg = build_chain(net, 1)[0]
+    again = LedgerBlock.from_bytes(msg.to_bytes())
+    assert again == msg and len(again.commit) == 4
+
+
+def _replace_tx_body(msg: LedgerBlock, i: int, body: bytes, rehash: bool) -> LedgerBlock:
+    txs = list(msg.txs)
+    txs[i] = dataclasses.replace(txs[i], body=body, tx_hash=crypto.sha256(body) if rehash else txs[i].tx_hash)
+    return dataclasses.replace(msg, txs=tuple(txs))
+
+
+def test_modified_tx_detected(net: Net) -> None:
+    chain = build_chain(net)
+    body = bytearray(chain[2].txs[0].body)
+    body[60] ^= 0x01  # inside the payload
+    bad = list(chain)
+    bad[2] = _replace_tx_body(chain[2], 0, bytes(body), rehash=False)
+    _failed_at(verify(net, bad), 3, "hash does not match")
+    bad[2] = _replace_tx_body(chain[2], 0, bytes(body), rehash=True)  # consistent hash: signature breaks
+    _failed_at(verify(net, bad), 3, "signature is invalid")
+
+
+def test_modified_tx_resigned_breaks_merkle_root(net: Net) -> None:
+    chain = build_chain(net)
+    other = _register_tx(net, 3)  # validly signed by the manager, but not the tx the block committed to
+    bad = list(chain)
+    bad[2] = _replace_tx_body(chain[2], 0, other.encode(), rehash=True)
+    _failed_at(verify(net, bad), 3, "Merkle root")
+
+
+def test_removed_block_detected(net: Net) -> None:
+    chain = build_chain(net)
+    report = verify(net, chain[:2] + chain[3:])
+    _failed_at(report, 4, "expected height 3")
+    assert "gap" in report.failure.reason
+
+
+def test_swapped_blocks_detected(net: Net) -> None:
+    chain = build_chain(net)
+    swapped = chain[:2] + [chain[3], chain[2]] + chain[4:]
+    _failed_at(verify(net, swapped), 4, "expected height 3")
+
+
+def test_forged_signature_detected(net: Net) -> None:
+    chain = build_chain(net)
+    sigs = list(chain[3].commit)
+    sig = bytearray(sigs[1].signature)
+    sig[10] ^= 0xFF
+    sigs[1] = dataclasses.replace(sigs[1], signature=bytes(sig))
+    bad = chain[:3] + [dataclasses.replace(chain[3], commit=tuple(sigs))] + chain[4:]
+    _failed_at(verify(net, bad), 4, "invalid precommit signature")
+
+
+def test_duplicated_signer_detected(net: Net) -> None:
+    chain = build_chain(net)
+    c = chain[1].commit  # (0, 2, 3)
+    bad = [chain[0], dataclasses.replace(chain[1], commit=(c[0], c[1], c[1]))] + chain[2:]
+    _failed_at(verify(net, bad), 2, "appears twice")
+
+
+def test_too_few_signers_detected(net: Net) -> None:
+    chain = build_chain(net)
+    bad = chain[:4] + [dataclasses.replace(chain[4], commit=chain[4].commit[:2])] + chain[5:]
+    _failed_at(verify(net, bad), 5, "quorum is 3")
+
+
+def test_block_signed_by_non_validator_detected(net: Net) -> None:
+    chain = build_chain(net)
+    outsiders = [crypto.PrivateKey.generate() for _ in range(4)]
+    forged = _cert(net, 3, chain[2].block_hash, signers=(0, 1, 2), keys=outsiders)
+    sigs = tuple(CommitSig(validator_index=s.validator, round=s.round, signature=s.signature) for s in forged.sigs)
+    bad = chain[:2] + [dataclasses.replace(chain[2], commit=sigs)] + chain[3:]
+    _failed_at(verify(net, bad), 3, "invalid precommit signature")
+    # a signer index outside the genesis validator set
+    real = chain[2].commit
+    extra = (real[0], real[1], CommitSig(validator_index=7, round=0, signature=real[2].signature))
+    bad[2] = dataclasses.replace(chain[2], commit=extra)
+    _failed_at(verify(net, bad), 3, "not in genesis")
+
+
+def test_wrong_merkle_root_detected(net: Net) -> None:
+    """A header with a wrong tx root, properly hashed, chained and signed by the validators, is still caught."""
+    def hook(h: int, hd: BlockHeader) -> BlockHeader:
+        return dataclasses.replace(hd, tx_root=crypto.sha256(b"bogus")) if h == 4 else hd
+
+    _failed_at(verify(net, build_chain(net, header_hook=hook)), 4, "Merkle root")
+
+
+def test_header_tampering_detected(net: Net) -> None:
+    chain = build_chain(net)
+    hd = BlockHeader.decode(chain[2].header)
+    altered = dataclasses.replace(hd, timestamp_ms=hd.timestamp_ms + 1).encode()
+    _failed_at(verify(net, chain[:2] + [dataclasses.replace(chain[2], header=altered)] + chain[3:]), 3,
+               "block hash does not match")
+    # rehashing the altered header breaks the certificate (signed over the original hash)
+    rehashed = dataclasses.replace(chain[2], header=altered, block_hash=crypto.sha256(altered))
+    _failed_at(verify(net, chain[:2] + [rehashed] + chain[3:]), 3, "invalid precommit signature")
+
+
+def test_other_genesis_or_chain_refused(net: Net) -> None:
+    chain = build_chain(net)
+    other_keys = [crypto.PrivateKey.generate() for _ in range(4)]
+    other = Genesis(CHAIN, net.genesis.genesis_time, tuple(
+        ValidatorInfo(i, k.public_key().to_bytes(), "127.0.0.1:1", "127.0.0.1:2") for i, k in enumerate(other_keys)))
+    report = audit.verify_stream(other, [(i, m.to_bytes()) for i, m in enumerate(chain)])
+    _failed_at(report, 1, "prev_hash")
+    renamed = [dataclasses.replace(chain[0], chain_id="other")] + chain[1:]
+    _failed_at(verify(net, renamed), 1, "chain id")
+
+
+def test_duplicate_tolerated_fork_refused(net: Net) -> None:
+    chain = build_chain(net)
+    report = verify(net, chain[:3] + [chain[2]] + chain[3:])
+    assert report.ok and report.duplicates == 1
+    fork = build_chain(net, 3)[2]  # another valid block 3 (different txs), signed by the validators
+    _failed_at(verify(net, chain[:4] + [dataclasses.replace(fork, height=3)] + chain[4:]), 3, "different block")
+
+
+def test_undecodable_message_detected(net: Net) -> None:
+    chain = build_chain(net, 2)
+    data = [(0, chain[0].to_bytes()), (1, b"\xc3\x01garbage")]
+    report = audit.verify_stream(net.genesis, data)
+    assert not report.ok and "offset 1" in str(report.failure)
+
+
+# -- audit blocks ----------------------------------------------------------------------------------------------
+
+
+def _audit_chain(n: int) -> tuple[list[AuditBlock], dict[int, tuple[bytes, int, int]]]:
+    """Audit blocks built by the pipeline's own block maker, and the anchor (root, window) of each."""
+    blocks, anchors, prev = [], {}, b"\x00" * 32
+    for i in range(n):
+        recs = [AuditRecord(camera_id="cam-1", epoch=1, seq=i * 3 + j, capture_ts_us=(i + 1) * 1000 + j,
+                            raw_sha256=os.urandom(32), redacted_sha256=os.urandom(32), policy_id="paper",
+                            detector_id="yunet") for j in range(3)]
+        blk = audit_chain.make_block("cam-1", i, prev, recs)
+        blocks.append(blk)
+        anchors[i + 1] = (blk.merkle_root, blk.window_start_us, blk.window_end_us)
+        prev = blk.block_hash
+    return blocks, anchors
+
+
+def test_audit_blocks_match_anchors(net: Net) -> None:
+    ablocks, roots = _audit_chain(N_BLOCKS)
+    chain = build_chain(net, roots=roots)
+    report = verify(net, chain, ablocks)
+    assert report.ok, report.summary()
+    assert report.audit_blocks == N_BLOCKS and report.anchored_audit_blocks == N_BLOCKS
+
+
+def test_audit_block_tampering_detected(net: Net) -> None:
+    ablocks, roots = _audit_chain(4)
+    chain = build_chain(net, 4, roots=roots)
+    recs = list(ablocks[2].records)
+    recs[1] = dataclasses.replace(recs[1], policy_id="none")
+    bad = ablocks[:2] + [dataclasses.replace(ablocks[2], records=tuple(recs))] + ablocks[3:]
+    report = verify(net, chain, bad)
+    assert not report.ok and "cam-1#2" in str(report.failure) and "Merkle root" in str(report.failure)
+    # re-rooted but not re-hashed: the block hash no longer matches its header fields
+    rerooted = dataclasses.replace(bad[2], merkle_root=merkle.merkle_root([r.to_bytes() for r in recs]))
+    report = verify(net, chain, ablocks[:2] + [rerooted] + ablocks[3:])
+    assert not report.ok and "block hash" in str(report.failure)
+    # fully re-sealed: the chain link to the next block breaks, and the ledger anchor no longer matches
+    fixed = audit_chain.make_block("cam-1", 2, ablocks[1].block_hash, recs)
+    report = verify(net, chain, ablocks[:2] + [fixed])
+    assert report.ok and report.unanchored_audit_blocks == 1  # its new root is not anchored anywhere
+    report = verify(net, chain, ablocks[:2] + [fixed] + ablocks[3:])
+    assert not report.ok and "cam-1#3" in str(report.failure) and "prev_hash" in str(report.failure)
+    wrong_anchor = dataclasses.replace(fixed, anchor_tx_hash=chain[2].txs[1].tx_hash)
+    report = verify(net, chain, ablocks[:2] + [wrong_anchor])
+    assert not report.ok and "does not match its ledger anchor" in str(report.failure)
+    report = verify(net, chain, ablocks[:1] + ablocks[2:])
+    assert not report.ok and "expected index 1" in str(report.failure)
