@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         for threads in (int(t) for t in args.threads.split(",")):
             det = load_detector(name, threads=threads)
             for size in args.sizes.split(","):
+                if name == "centerface" and size == "4k":
+                    continue  # seconds per frame on this box: not a setting anyone should run
                 w, h = SIZES[size]
                 frame = scene(w, h)
                 det.detect(frame)  # warm-up

@@ -134,7 +134,7 @@ def _run_client(cmd: list[str], cwd: Path, what: str, advice: str) -> None:
 
 
 def _extract(archive: Path, members: dict[str, str], prefix: str, target: Path) -> None:
-    """Copy the wanted members out of a .tar.gz, verify them, and publish them with atomic renames."""
+    """Copy the wanted members out of a .tar.gz, verify all of them, then publish them with atomic renames."""
     target.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r:gz") as tar, tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         for name, digest in members.items():
@@ -149,7 +149,8 @@ def _extract(archive: Path, members: dict[str, str], prefix: str, target: Path) 
                 shutil.copyfileobj(src, out)
             if _sha256(staged) != digest:
                 raise SampleDataError(f"{name} from {archive.name} fails its SHA-256 check; refusing to use it")
-            os.replace(staged, target / name)
+        for name in members:  # publish only once every member is verified
+            os.replace(Path(tmp) / name, target / name)
         stamp = Path(tmp) / ".complete"
         stamp.write_text("ok\n", encoding="utf-8")
         os.replace(stamp, target / ".complete")

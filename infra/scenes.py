@@ -243,7 +243,7 @@ def random_placements(sources: Sequence[FaceSource], n_faces: int, size: tuple[i
 def random_tracks(sources: Sequence[FaceSource], n_faces: int, n_frames: int, size: tuple[int, int] = DEFAULT_SIZE,
                   min_width: int = 24, max_width: int = 200, max_travel: float = 0.4, seed: int = 0,
                   context: float = DEFAULT_CONTEXT) -> list[Track]:
-    """Smooth face tracks that stay inside the frame and never overlap in any of the ``n_frames`` frames.
+    """Smooth face tracks that stay inside the frame, no face covered by another in any of the ``n_frames`` frames.
 
     Each face travels at most ``max_travel`` x the frame width and changes width by at most a factor 1.5.
     """

@@ -165,7 +165,9 @@ class LedgerApi:
         if len(hx) != 64:
             raise HttpError(400, "transaction hash must be 64 hex digits")
         st = self.service.tx_status(bytes.fromhex(hx))
-        return Response.json(st, 200 if st.get("status") != "unknown" else 404)
+        if st.get("status") == "unknown":
+            return Response.json({"error": "unknown transaction", **st}, 404)
+        return Response.json(st)
 
     async def _block(self, req: Request) -> Response:
         h = req.params["height"]

@@ -292,6 +292,9 @@ class AuditChainVerifier:
             if (a.camera_id, a.merkle_root, a.record_count) != (blk.camera_id, blk.merkle_root, len(blk.records)) \
                     or (a.window_start_us, a.window_end_us) != (blk.window_start_us, blk.window_end_us):
                 raise BlockInvalid(where, f"does not match its ledger anchor at height {anchor.height}")
+            if a.audit_index >= 0 and (a.audit_index != blk.index or (
+                    a.audit_block_hash != b"\x00" * 32 and a.audit_block_hash != blk.block_hash)):
+                raise BlockInvalid(where, f"index/hash differ from its ledger anchor at height {anchor.height}")
             self.anchored += 1
         else:
             self.unanchored += 1

@@ -146,7 +146,11 @@ class RegistryClient:
             try:
                 c.request("PUT", "/v1/registry/keys", body)
                 ok += 1
-            except (ApiError, Unavailable) as exc:
+            except ApiError as exc:
+                if exc.status in (401, 403, 409):  # refused for this key or this subject: no point going on
+                    raise RegistryError(exc.reason) from None
+                errors.append(str(exc))
+            except Unavailable as exc:
                 errors.append(str(exc))
         if ok < self.genesis.quorum:
             raise ServiceError(f"only {ok} of {len(self.clients)} ledger nodes stored the data key "

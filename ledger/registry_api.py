@@ -194,18 +194,26 @@ class RegistryService:
         self._height = chain_height or (lambda: index.applied_height)
 
     # -- admission and application ---------------------------------------------------------------------
-    def check_tx(self, payload: bytes, role: str = "validator") -> Optional[str]:
-        """None when the payload is acceptable now, else a one-line reason (refused at admission)."""
+    def check_tx(self, payload: bytes, role: str = "validator", kind: Optional[int] = None) -> Optional[str]:
+        """None when the payload is acceptable now, else a one-line reason (refused at admission).
+
+        With ``kind`` (the transaction's kind code), register/update/erase transactions must carry a registry
+        payload of that same op, and a registry payload must match its transaction's kind.
+        """
         if not is_registry_payload(payload):
+            if kind in (payloads.OP_REGISTER, payloads.OP_UPDATE, payloads.OP_ERASE):
+                return f"invalid registry transaction: a {payloads.OP_NAMES[kind]} needs a registry payload"
             return None
         try:
             tx = payloads.decode(payload)
+            if kind is not None and kind != tx.op:
+                raise PayloadError(f"payload op {payloads.op_name(tx)} does not match transaction kind {kind}")
             self._check_state(tx)
         except (PayloadError, RegistryRejected) as exc:
             return f"invalid registry transaction: {exc}"
-        kind = payloads.op_name(tx)
-        if role == "manager" and kind == "anchor" or role == "pipeline" and kind != "anchor":
-            return f"forbidden: role {role} may not submit {kind} transactions"
+        kind_name = payloads.op_name(tx)
+        if role == "manager" and kind_name == "anchor" or role == "pipeline" and kind_name != "anchor":
+            return f"forbidden: role {role} may not submit {kind_name} transactions"
         return None
 
     def _check_state(self, tx: payloads.RegistryTx, overlay: Optional[dict] = None) -> None:

@@ -108,7 +108,16 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.set_defaults(func=_run_main)
 
 
+class _DropImportNoise(logging.Filter):
+    """Beam warns at import about optional Google Cloud clients this pipeline never uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def _run_main(args: argparse.Namespace) -> int:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropImportNoise())
     if not getattr(args, "debug", False):
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # failures reach the user as one line
         logging.getLogger("apache_beam").setLevel(logging.WARNING)

@@ -37,10 +37,11 @@ def net() -> Net:
                crypto.PrivateKey.generate())
 
 
-def _anchor_tx(net: Net, h: int, anchor: tuple[bytes, int, int], count: int = 3) -> Transaction:
-    root, start, end = anchor
+def _anchor_tx(net: Net, h: int, anchor: tuple, count: int = 3) -> Transaction:
+    root, start, end = anchor[:3]
+    block_hash = anchor[3] if len(anchor) > 3 else b"\x00" * 32
     a = AnchorTx(camera_id="cam-1", window_start_us=start, window_end_us=end, record_count=count,
-                 merkle_root=root, audit_index=h - 1)
+                 merkle_root=root, audit_index=h - 1, audit_block_hash=block_hash)
     return Transaction.create(net.pipeline, CHAIN, payloads.OP_ANCHOR, h, 1_700_000_000_000 + h, payloads.encode(a))
 
 
@@ -235,7 +236,7 @@ def _audit_chain(n: int) -> tuple[list[AuditBlock], dict[int, tuple[bytes, int, 
                             detector_id="yunet") for j in range(3)]
         blk = audit_chain.make_block("cam-1", i, prev, recs)
         blocks.append(blk)
-        anchors[i + 1] = (blk.merkle_root, blk.window_start_us, blk.window_end_us)
+        anchors[i + 1] = (blk.merkle_root, blk.window_start_us, blk.window_end_us, blk.block_hash)
         prev = blk.block_hash
     return blocks, anchors
 

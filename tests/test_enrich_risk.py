@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -295,3 +296,76 @@ def test_suspect_stays_identifiable_low_risk_and_bystander_do_not(index: Watchli
     cos = [float(a @ b) for a, b in zip(before, after)]
     assert cos[0] >= 0.6, f"suspect no longer identifiable: {cos}"
     assert cos[1] < 0.363 and cos[2] < 0.363, f"low-risk person or bystander still identifiable: {cos}"
+
+
+
+@pytest.fixture(scope="module")
+def ledger_env(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real 4-node ledger cluster (separate processes) and a privacy keyring."""
+    from ledger import keys as keyring
+    from tests.ledger_util import make_cluster
+
+    base = tmp_path_factory.mktemp("risk-ledger")
+    cluster = make_cluster(base / "ledger")
+    try:
+        cluster.up(wait_height=1, timeout_s=120)
+        keyring.save_keyring(keyring.Keyring.generate(), base / "keys")
+        yield {"dir": base / "ledger", "keys": base / "keys"}
+    finally:
+        cluster.down()
+
+
+@pytest.mark.slow
+def test_watchlist_from_a_real_ledger_register_then_erase(ledger_env: Any, templates: dict[str, np.ndarray]) -> None:
+    """Register a suspect with the manager role; the pipeline role syncs, decrypts and matches; an erasure
+    takes the subject out on the next sync; anchoring an audit block commits on the same ledger."""
+    from ledger.manager_cli import RegistryClient
+    from pipelines.audit_chain import CameraChain, FlushRule
+    from pipelines.transforms.audit import LedgerAnchorer
+    from pipelines.transforms.enrich_risk import LedgerSyncFactory
+    from schemas.messages import AuditRecord
+
+    manager = RegistryClient.from_dir(ledger_env["dir"], "manager", ledger_env["keys"])
+    ident = privacy_identity()
+    try:
+        manager.register(ident, _record(95, True, [templates["obama.jpg"], templates["obama2.jpg"]]))
+        src = LedgerWatchlistSource(LedgerSyncFactory(str(ledger_env["dir"]), "pipeline", str(ledger_env["keys"])))
+        idx = src.sync(WatchlistIndex.empty(), time.time())
+        assert len(idx) == 1 and idx.height > 0 and idx.subjects[0].risk == 95
+        out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"]), face(templates["astronaut"], 2)), idx,
+                              time.time(), RiskConfig())
+        assert [(f.identity, f.risk) for f in out.detections] == [(MATCHED, 95), (UNKNOWN, None)]
+        manager.erase(ident)
+        idx2 = src.sync(idx, time.time())
+        assert len(idx2) == 0 and idx2.height > idx.height
+        out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), idx2, time.time(), RiskConfig())
+        assert out.detections[0].identity == UNKNOWN
+    finally:
+        manager.close()
+
+    chain = CameraChain("cam-1", FlushRule(max_records=2))
+    recs = [AuditRecord(camera_id="cam-1", epoch=0, seq=i, capture_ts_us=1_000 + i, raw_sha256=b"\x01" * 32,
+                        redacted_sha256=b"\x02" * 32, policy_id="default-v1", detector_id="yunet")
+            for i in range(2)]
+    block = chain.add(recs[0]) or chain.add(recs[1])
+    assert block is not None
+    tx_hash = LedgerAnchorer(str(ledger_env["dir"]))(block)
+    assert len(tx_hash) == 32
+    auditor = RegistryClient.from_dir(ledger_env["dir"], "auditor", need_keyring=False)
+    try:
+        st = auditor._any(lambda c: c.wait_committed(tx_hash.hex(), timeout_s=60.0))
+        assert st["status"] == "committed"
+    finally:
+        auditor.close()
+
+
+def privacy_identity() -> Any:
+    from ledger.privacy import Identity
+
+    return Identity(name="Subject A", birth_date="1961-08-04", id_number="T-0001")
+
+
+def _record(risk: int, suspect: bool, temps: list[np.ndarray]) -> Any:
+    from ledger.privacy import SubjectRecord
+
+    return SubjectRecord.make(risk, suspect, temps)

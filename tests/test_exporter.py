@@ -207,3 +207,19 @@ def test_tamper_suite_on_exported_copy(env, kafka_bootstrap, exported, capsys) -
         rc, out = _verify(env, kafka_bootstrap, topic, capsys)
         assert rc != 0, f"{name}: not detected\n{out}"
         assert "FAILED" in out and f"FIRST BAD BLOCK: block {bad_height}" in out and reason in out, f"{name}: {out}"
+
+
+def test_audit_follow_reports_blocks_and_stops_at_tampering(env, kafka_bootstrap, exported, capsys) -> None:
+    topic, msgs = exported
+    genesis = str(env["dir"] / "genesis.json")
+    capsys.readouterr()
+    rc = riskmask_main(["-q", "audit", "follow", "--genesis", genesis, "--bootstrap", kafka_bootstrap,
+                        "--ledger-topic", topic, "--idle-exit", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.count("ok height") == len(msgs) and "INTACT" in out
+    bad = msgs[:3] + msgs[4:]
+    rc = riskmask_main(["-q", "audit", "follow", "--genesis", genesis, "--bootstrap", kafka_bootstrap,
+                        "--ledger-topic", _write_copy(kafka_bootstrap, bad), "--idle-exit", "2"])
+    out = capsys.readouterr().out
+    assert rc == 1 and out.count("ok height") == 3 and f"FAILED block {msgs[4].height}" in out, out

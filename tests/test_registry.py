@@ -87,6 +87,12 @@ def test_roles_and_garbage(service) -> None:
     assert svc.check_tx(reg, "pipeline").startswith("forbidden")
     assert "invalid registry" in svc.check_tx(payloads.MAGIC + b"\x01\x09", "manager")
     assert svc.check_tx(b"not-a-registry-payload", "manager") is None  # other tx kinds: not ours to judge
+    # with the transaction kind: registry kinds need a registry payload of the same op
+    assert svc.check_tx(reg, "manager", kind=payloads.OP_REGISTER) is None
+    assert "does not match" in svc.check_tx(reg, "manager", kind=payloads.OP_ERASE)
+    assert "needs a registry payload" in svc.check_tx(b"opaque", "manager", kind=payloads.OP_REGISTER)
+    assert svc.check_tx(b"opaque", "pipeline", kind=payloads.OP_ANCHOR) is None
+    assert "does not match" in svc.check_tx(anchor, "pipeline", kind=payloads.OP_REGISTER)
     assert "unknown subject" in svc.check_tx(payloads.encode(EraseTx(pseudonym=b"x" * 32, version=2)), "manager")
 
 

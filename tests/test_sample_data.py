@@ -145,12 +145,17 @@ def test_parallel_processes_fetch_once_and_never_see_a_half_written_cache(tmp_pa
 
 def test_a_tampered_archive_is_refused_and_not_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RISKMASK_DATA_DIR", str(tmp_path / "cache"))
+    import hashlib
+
     archive = tmp_path / "bad.tar.gz"
-    _make_tarball(archive, {"a.bin": b"not what was pinned"})
-    with pytest.raises(SampleDataError, match="SHA-256"):
-        sample_data._ensure("bad-set", {"a.bin": "0" * 64}, lambda tmp: archive, "pkg/")
+    good = b"exactly what was pinned"
+    _make_tarball(archive, {"a.bin": good, "b.bin": b"not what was pinned"})
+    pins = {"a.bin": hashlib.sha256(good).hexdigest(), "b.bin": "0" * 64}
+    with pytest.raises(SampleDataError, match="b.bin .*SHA-256"):
+        sample_data._ensure("bad-set", pins, lambda tmp: archive, "pkg/")
+    # Nothing is published, not even the member that verified.
+    assert not any(p.is_file() for p in (tmp_path / "cache" / "bad-set").glob("*"))
     assert not (tmp_path / "cache" / "bad-set" / ".complete").exists()
-    assert not (tmp_path / "cache" / "bad-set" / "a.bin").exists()
 
 
 def test_astronaut_is_bgr_and_its_face_box_holds_skin() -> None:

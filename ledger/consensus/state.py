@@ -123,7 +123,7 @@ class ConsensusState:
                 if not self.votes.get(msg.round, msg.type).has(msg):
                     self._add_vote(msg)
                 if msg.type == PRECOMMIT and msg.block_hash is not None and msg.round > self.locked_round:
-                    self.locked_round, self.locked_hash = msg.round, msg.block_hash
+                    pass
         rounds = [k[1] for k in self._signed if k[0] == self.height]
         if rounds:
             self.round = max(rounds)

@@ -92,6 +92,30 @@ class LedgerWatchlistSource:
         return index_from_watchlist(watchlist, now)
 
 
+class LedgerSyncFactory:
+    """Picklable factory of ``ledger.watchlist.WatchlistSync`` for a ledger directory (genesis, client keys)
+    and the privacy keyring: signed clients of every validator with the ``key_name`` (pipeline) key, and the
+    keyring's key-encryption keys only (the pipeline never needs a pseudonymisation key)."""
+
+    def __init__(self, ledger_dir: str, key_name: str = "pipeline", keys_dir: Optional[str] = None,
+                 timeout_s: float = 10.0) -> None:
+        self.ledger_dir, self.key_name, self.keys_dir, self.timeout_s = ledger_dir, key_name, keys_dir, timeout_s
+
+    def __call__(self) -> Any:
+        from pathlib import Path
+
+        from ledger.manager_cli import RegistryClient
+        from ledger.watchlist import from_cluster
+
+        rc = RegistryClient.from_dir(Path(self.ledger_dir), key_name=self.key_name,
+                                     keys_dir=Path(self.keys_dir) if self.keys_dir else None)
+        try:
+            addresses = [v.api_address for v in rc.genesis.validators]
+            return from_cluster(addresses, rc.seed, dict(rc.ring.keks), rc.chain_id, self.timeout_s)
+        finally:
+            rc.close()
+
+
 def policy_decision(policy: Any, face: Any) -> Any:
     """The mask for one face: the subject's risk drives ``policy.decide`` only for a matched, detected face;
     everything else (unknown, ambiguous, stale, gap-filled, a bare detection) gets ``policy.strongest``."""

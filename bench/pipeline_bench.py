@@ -1,0 +1,234 @@
+"""End-to-end pipeline benchmark: 1280x720 real-face frames, Kafka -> `riskmask run` -> Kafka.
+
+Measures, in one run on the same frames:
+
+1. ``bare``: an in-process loop with no Kafka and no Beam: JPEG decode, YuNet detect (1 thread), mask every
+   face with the default policy's strongest mask, JPEG encode. The ceiling for one worker.
+2. ``pipeline_saturated``: all frames written to frames.raw at once while `riskmask run` (FnApiRunner,
+   1 detector thread) is running and warmed up; frames/s = frames / (last output - first input).
+3. ``pipeline_paced``: frames written at a fixed rate below the bare loop's (a live camera), capture-to-output
+   latency p50/p99 measured by a consumer (output arrival time - the frame's capture_ts_us).
+
+Scenes are composed from the astronaut photo (NASA, public domain) on a real background, 4 faces per frame,
+widths 20-300 px. The deface CLI comparison is not run here (see ``deface`` in the JSON).
+
+    python bench/pipeline_bench.py [--frames 120] [--paced-fps 0 (= 60% of bare)] [--bootstrap-servers host:port]
+
+Prints a summary and writes bench/results/pipeline_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "pipeline_bench.json"
+SIZE = (1280, 720)
+logger = logging.getLogger("bench.pipeline")
+
+
+def make_frames(n_scenes: int) -> list[np.ndarray]:
+    from infra import sample_data, scenes
+
+    src = [sample_data.astronaut_source()]
+    bg = sample_data.background("coffee")
+    out = []
+    for i in range(n_scenes):
+        placements = scenes.random_placements(src, 4, size=SIZE, min_width=20, max_width=300, seed=500 + i)
+        out.append(scenes.compose_frame(src, placements, bg, size=SIZE)[0])
+    return out
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), 90])[1].tobytes()
+
+
+def bare_loop(jpegs: list[bytes], n: int) -> dict:
+    from pipelines.masking import apply_mask
+    from pipelines.models.detector import load_detector
+    from pipelines.policy import Policy
+
+    det, policy = load_detector("yunet", threads=1), Policy.load("default")
+    for data in jpegs[:2]:  # warm-up
+        det.detect(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+    stages = {"decode": 0.0, "detect": 0.0, "mask": 0.0, "encode": 0.0}
+    start = time.perf_counter()
+    faces = 0
+    for i in range(n):
+        t0 = time.perf_counter()
+        img = cv2.imdecode(np.frombuffer(jpegs[i % len(jpegs)], np.uint8), cv2.IMREAD_COLOR)
+        t1 = time.perf_counter()
+        found = det.detect(img)
+        t2 = time.perf_counter()
+        for d in found:
+            apply_mask(img, (d.x, d.y, d.w, d.h), policy.decide(d.w, d.h, None, None))
+        faces += len(found)
+        t3 = time.perf_counter()
+        jpeg(img)
+        t4 = time.perf_counter()
+        for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stages[k] += dt
+    total = time.perf_counter() - start
+    return {"frames": n, "seconds": round(total, 3), "fps": round(n / total, 2),
+            "faces_per_frame": round(faces / n, 2),
+            "ms_per_frame": {k: round(1000 * v / n, 2) for k, v in stages.items()}}
+
+
+class Stream:
+    """Producer of CameraFrame records and consumer of RedactedFrame records for one benchmark run."""
+
+    def __init__(self, bootstrap: str, raw: str, redacted: str) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        self.raw = raw
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1,
+                                      max_request_size=16 * 1024 * 1024)
+        self.consumer = KafkaConsumer(redacted, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                      fetch_max_wait_ms=20, fetch_max_bytes=64 * 1024 * 1024)
+        self.arrivals: dict[tuple[int, int], tuple[float, int]] = {}  # (epoch, seq) -> (arrival s, capture us)
+
+    def send(self, data: bytes, epoch: int, seq: int) -> None:
+        from schemas.messages import CameraFrame
+
+        cf = CameraFrame(camera_id="bench-cam", epoch=epoch, seq=seq, capture_ts_us=time.time_ns() // 1000,
+                         width=SIZE[0], height=SIZE[1], image=data)
+        self.producer.send(self.raw, key=b"bench-cam", value=cf.to_bytes())
+
+    def drain(self, until: int, epoch: int, timeout_s: float) -> None:
+        from schemas.messages import RedactedFrame
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and sum(1 for k in self.arrivals if k[0] == epoch) < until:
+            for msgs in self.consumer.poll(timeout_ms=50).values():
+                now = time.time()
+                for m in msgs:
+                    rf = RedactedFrame.from_bytes(m.value)
+                    self.arrivals.setdefault((rf.epoch, rf.seq), (now, rf.capture_ts_us))
+
+
+def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, paced_fps: float, log: Path) -> dict:
+    from infra import broker as embedded
+
+    tag = uuid.uuid4().hex[:8]
+    raw, redacted, dlq = f"bench-raw-{tag}", f"bench-red-{tag}", f"bench-dlq-{tag}"
+    embedded.create_topics(bootstrap, [raw, redacted, dlq])
+    exe = Path(sys.executable).with_name("riskmask")
+    cmd = [str(exe), "run", "--bootstrap-servers", bootstrap, "--raw-topic", raw, "--redacted-topic", redacted,
+           "--dlq-topic", dlq, "--group-id", f"bench-{tag}", "--threads", "1"]
+    t_launch = time.monotonic()
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    stream = Stream(bootstrap, raw, redacted)
+    try:
+        stream.send(jpegs[0], epoch=0, seq=0)  # warm-up: start-up and model load excluded from the numbers
+        stream.producer.flush()
+        stream.drain(1, 0, 180)
+        if (0, 0) not in stream.arrivals:
+            raise RuntimeError(f"pipeline produced nothing; see {log}")
+        startup_s = time.monotonic() - t_launch
+
+        t0 = time.time()
+        for i in range(n):
+            stream.send(jpegs[i % len(jpegs)], epoch=1, seq=i)
+        stream.producer.flush()
+        stream.drain(n, 1, 600)
+        sat = [v for k, v in stream.arrivals.items() if k[0] == 1]
+        saturated = {"frames": len(sat), "seconds": round(max(a for a, _ in sat) - t0, 3),
+                     "fps": round(len(sat) / (max(a for a, _ in sat) - t0), 2)}
+
+        period = 1.0 / paced_fps
+        start = time.time()
+        for i in range(n):
+            target = start + i * period
+            while time.time() < target:
+                stream.drain(0, 2, 0)  # keep consuming while pacing
+                time.sleep(min(0.005, max(0.0, target - time.time())))
+            stream.send(jpegs[i % len(jpegs)], epoch=2, seq=i)
+            stream.producer.flush()
+        stream.drain(n, 2, 300)
+        lat = np.array([a * 1000 - c / 1000 for (e, _), (a, c) in stream.arrivals.items() if e == 2])
+        paced = {"frames": int(len(lat)), "input_fps": round(paced_fps, 2),
+                 "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1),
+                                "p99": round(float(np.percentile(lat, 99)), 1),
+                                "max": round(float(lat.max()), 1)}}
+        return {"startup_s": round(startup_s, 1), "saturated": saturated, "paced": paced,
+                "runner": "FnApiRunner", "command": " ".join(cmd[1:])}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=120)
+    ap.add_argument("--paced-fps", type=float, default=0.0, help="0 = 60%% of the bare loop's frames/s")
+    ap.add_argument("--bootstrap-servers", default=None, help="use this Kafka instead of a new embedded broker")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+    frames = make_frames(8)
+    jpegs = [jpeg(f) for f in frames]
+    bare = bare_loop(jpegs, args.frames)
+    print(f"bare loop: {bare['fps']} frames/s ({bare['ms_per_frame']} ms/frame)")
+    paced_fps = args.paced_fps or round(0.6 * bare["fps"], 1)
+
+    tmp = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    brk = None
+    bootstrap = args.bootstrap_servers
+    if bootstrap is None:
+        from infra import broker as embedded
+
+        brk = embedded.EmbeddedBroker(state_dir=tmp)
+        bootstrap = brk.start(port=0, topics=(), die_with_parent=True).bootstrap
+    try:
+        pipe = pipeline_runs(bootstrap, jpegs, args.frames, paced_fps, tmp / "run.log")
+    finally:
+        if brk is not None:
+            brk.stop()
+    ratio = round(pipe["saturated"]["fps"] / bare["fps"], 3)
+    print(f"pipeline saturated: {pipe['saturated']['fps']} frames/s = {ratio} x bare; "
+          f"paced {paced_fps} fps latency p50 {pipe['paced']['latency_ms']['p50']} ms "
+          f"p99 {pipe['paced']['latency_ms']['p99']} ms; start-up {pipe['startup_s']} s")
+    result = {
+        "benchmark": "pipeline_bench",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "frame": {"size": list(SIZE), "jpeg_quality": 90, "faces_per_frame": 4, "face_widths_px": [20, 300],
+                  "source": "skimage astronaut (public domain) on skimage coffee, composed by infra.scenes"},
+        "bare_loop": bare,
+        "pipeline": pipe,
+        "pipeline_over_bare": ratio,
+        "target_pipeline_over_bare": 0.7,
+        "deface": {"run": False, "note": "not measured in this run: deface==1.5.0 needs its own virtual "
+                   "environment (it pins other imageio/onnx versions); the reference figure on this machine "
+                   "is 8.0 frames/s on a 10 s 1280x720 clip with its OpenCV backend "
+                   "(shared/research baseline)."},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
