@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     result = run(sizes, args.threads)
     pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    pathlib.Path(args.json).write_text(json.dumps(result, separators=(",", ":")), encoding="utf-8")
     md = markdown(result)
     pathlib.Path(args.markdown).write_text(md, encoding="utf-8")
     print(md)

@@ -8,7 +8,8 @@ end every node must agree, and the script checks:
 * every node's chain is a prefix of the others' (block hashes at every common height are identical);
 * no acknowledged transaction is lost: every transaction any node ever reported as committed is in every
   node's chain, exactly once; every submitted transaction is eventually committed;
-* no validator double-signed: no node recorded equivocation evidence.
+* no validator double-signed: no node recorded equivocation evidence;
+* every stored block's commit certificate verifies against genesis (what an auditor checks).
 
     python bench/ledger_soak.py --cycles 100 [--seed 1] [--dir DIR]
 
@@ -18,6 +19,7 @@ Writes bench/results/ledger_soak.json; exit 0 only when every check holds.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -32,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ledger import crypto  # noqa: E402
 from ledger.client import ApiError, LedgerClient, Unavailable  # noqa: E402
 from ledger.cluster import Cluster, init_cluster  # noqa: E402
-from ledger.types import TX_ANCHOR, Transaction  # noqa: E402
+from ledger.errors import LedgerError  # noqa: E402
+from ledger.types import TX_ANCHOR, CommitCertificate, Transaction, verify_commit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SOAK_OVERRIDES = {"block_interval": 0.3, "timeout_propose": 1.5, "timeout_prevote": 0.5,
@@ -48,6 +51,7 @@ class Soak:
         self.submitted: dict[str, bytes] = {}
         self.acked: set[str] = set()  # reported committed by some node
         self.nonce = 0
+        self.bad_certs = 0
 
     def client(self, i: int, role: str = "pipeline") -> LedgerClient:
         return LedgerClient(self.c.api_address(i), self.c.key_seed(role), timeout_s=10.0)
@@ -114,6 +118,7 @@ class Soak:
         raise RuntimeError(f"nodes did not all reach height {height}: {self.c.heights()}")
 
     def chain(self, i: int) -> tuple[list[str], list[str]]:
+        """Block hashes and tx hashes of node ``i``; counts certificates an auditor would reject."""
         hashes, txs = [], []
         with self.client(i, "auditor") as cl:
             top = cl.status()["height"]
@@ -125,6 +130,12 @@ class Soak:
                 for b in blocks:
                     hashes.append(b["hash"])
                     txs.extend(b["tx_hashes"])
+                    cert = CommitCertificate.decode(base64.b64decode(b["cert"]))
+                    try:
+                        verify_commit(cert, self.c.genesis.chain_id, self.c.genesis.public_keys(),
+                                      bytes.fromhex(b["hash"]), b["height"])
+                    except (LedgerError, ValueError):
+                        self.bad_certs += 1
                 h += len(blocks)
         return hashes, txs
 
@@ -151,7 +162,7 @@ class Soak:
         return {"prefix_ok": prefix_ok, "heights": {i: len(c[0]) for i, c in chains.items()},
                 "submitted": len(self.submitted), "acknowledged": len(self.acked),
                 "never_committed": len(self.submitted) - len(self.acked), "lost_acknowledged": len(lost),
-                "duplicate_txs": dups, "double_sign_evidence": len(evidence)}
+                "duplicate_txs": dups, "double_sign_evidence": len(evidence), "bad_certificates": self.bad_certs}
 
 
 def run(directory: Path, cycles: int, seed: int, log=print) -> dict:
@@ -172,6 +183,7 @@ def run(directory: Path, cycles: int, seed: int, log=print) -> dict:
         cluster.down(timeout_s=30)
     result.update({"cycles": cycles, "seed": seed, "seconds": round(time.monotonic() - t0, 1)})
     result["ok"] = (result["prefix_ok"] and result["lost_acknowledged"] == 0 and result["duplicate_txs"] == 0
+                    and result["bad_certificates"] == 0
                     and result["double_sign_evidence"] == 0 and result["never_committed"] == 0)
     return result
 

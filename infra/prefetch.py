@@ -13,7 +13,7 @@ import time
 logger = logging.getLogger(__name__)
 
 
-def prefetch(models: tuple[str, ...] = ("yunet", "sface"), data: bool = True) -> dict[str, str]:
+def prefetch(models: tuple[str, ...] = ("yunet", "sface", "centerface"), data: bool = True) -> dict[str, str]:
     """Download (or find in the cache) the given models and the sample data; returns what is where."""
     from pipelines.models.fetch import model_path
 

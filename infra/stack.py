@@ -221,7 +221,7 @@ class Stack:
             info = StackInfo(root=str(self.paths.root), bootstrap=binfo.bootstrap,
                              ledger_dir=str(self.paths.ledger), keys_dir=str(self.paths.keys),
                              api_addresses=[cluster.api_address(i) for i in range(cluster.n)],
-                             owner=owner if started else self.owner(), started=started)
+                             owner=owner, started=started)
             self._write(info)
             return info
         except BaseException:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from ledger import payloads
 from ledger.config import Genesis
@@ -253,9 +253,9 @@ class AuditChainVerifier:
         self.record_leaf_fn = record_leaf_fn or (lambda rec: rec.to_bytes())
         self.cameras: dict[str, tuple[int, bytes]] = {}
         self.seen: dict[tuple[str, int], bytes] = {}
-        self.count = self.anchored = self.unanchored = 0
+        self.count = self.anchored = self.unanchored = self.pending_refs = 0
 
-    def feed(self, blk: AuditBlock, offset: Optional[int] = None) -> None:
+    def feed(self, blk: AuditBlock, offset: Any = None) -> None:
         from ledger import merkle
 
         where = f"audit block {blk.camera_id}#{blk.index}" + (f" (offset {offset})" if offset is not None else "")
@@ -281,11 +281,12 @@ class AuditChainVerifier:
         if self.block_hash_fn is not None and self.block_hash_fn(blk) != blk.block_hash:
             raise BlockInvalid(where, "block hash does not match its header fields")
         anchor = None
+        anchor = None
         if blk.anchor_tx_hash is not None:
             anchor = self.anchors.get(blk.anchor_tx_hash)
-            if anchor is None:
-                raise BlockInvalid(where, f"anchor tx {blk.anchor_tx_hash.hex()[:16]} is not on the ledger")
-        else:
+            if anchor is None:  # submitted without waiting: not committed, or not exported yet
+                self.pending_refs += 1
+        if anchor is None:
             anchor = self.by_root.get((blk.camera_id, blk.merkle_root))
         if anchor is not None:
             a = anchor.anchor
@@ -304,7 +305,7 @@ class AuditChainVerifier:
 
 
 def verify_stream(genesis: Genesis, ledger_msgs: Iterable[tuple[Optional[int], bytes]],
-                  audit_msgs: Optional[Iterable[tuple[Optional[int], bytes]]] = None,
+                  audit_msgs: Optional[Iterable[tuple[Any, bytes]]] = None,
                   block_hash_fn: Optional[Callable[[AuditBlock], bytes]] = None) -> AuditReport:
     """Verify a whole export; the report carries the first failure, if any."""
     v = LedgerVerifier(genesis)
@@ -330,6 +331,9 @@ def verify_stream(genesis: Genesis, ledger_msgs: Iterable[tuple[Optional[int], b
             report.failure = exc
         report.audit_blocks, report.audit_cameras = a.count, len(a.cameras)
         report.anchored_audit_blocks, report.unanchored_audit_blocks = a.anchored, a.unanchored
+        if a.pending_refs:
+            report.warnings.append(f"{a.pending_refs} audit block(s) name an anchor transaction that is not in the "
+                                   "exported ledger (not committed or not exported yet)")
     return report
 
 
@@ -411,7 +415,7 @@ def _cmd_verify(args) -> int:
     bootstrap = exporter.resolve_bootstrap(args.bootstrap)
     audit_msgs = None
     if args.audit_topic and exporter.topic_exists(bootstrap, args.audit_topic):
-        audit_msgs = exporter.read_range(bootstrap, args.audit_topic)
+        audit_msgs = exporter.read_all_partitions(bootstrap, args.audit_topic)
     if not exporter.topic_exists(bootstrap, args.ledger_topic):
         from riskmask.errors import UserError
         raise UserError(f"topic {args.ledger_topic!r} does not exist at {bootstrap}")

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from riskmask.errors import ServiceError
+
+if TYPE_CHECKING:
+    from schemas.messages import LedgerBlock
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +45,31 @@ def topic_exists(bootstrap: str, topic: str, timeout_s: float = 10.0) -> bool:
         consumer.close()
 
 
-def _partition(consumer, topic: str):
+def _partition(consumer, topic: str, partition: int = PARTITION):
     from kafka import TopicPartition
 
     parts = consumer.partitions_for_topic(topic)
     if not parts:
         raise ServiceError(f"topic {topic!r} does not exist")
-    return TopicPartition(topic, PARTITION)
+    if partition not in parts:
+        raise ServiceError(f"topic {topic!r} has no partition {partition}")
+    return TopicPartition(topic, partition)
+
+
+def partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[int]:
+    consumer = _consumer(bootstrap, timeout_s)
+    try:
+        return sorted(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
+def read_all_partitions(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[tuple[str, bytes]]:
+    """Every record of every partition, partition by partition (per-key order is kept: one key, one
+    partition); yields ("partition:offset", value)."""
+    for p in partitions(bootstrap, topic, timeout_s):
+        for off, value in read_range(bootstrap, topic, 0, None, timeout_s, partition=p):
+            yield f"{p}:{off}", value
 
 
 def end_offset(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
@@ -74,11 +95,11 @@ def _tail_start(bootstrap: str, topic: str, timeout_s: float) -> int:
 
 
 def read_range(bootstrap: str, topic: str, start: int = 0, stop: Optional[int] = None,
-               timeout_s: float = 30.0) -> Iterator[tuple[int, bytes]]:
+               timeout_s: float = 30.0, partition: int = PARTITION) -> Iterator[tuple[int, bytes]]:
     """Yield (offset, value) from ``start`` up to ``stop`` (default: the high watermark when caught up)."""
     consumer = _consumer(bootstrap, timeout_s)
     try:
-        tp = _partition(consumer, topic)
+        tp = _partition(consumer, topic, partition)
         consumer.assign([tp])
         pos = max(start, int(consumer.beginning_offsets([tp])[tp]))
         consumer.seek(tp, pos)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from riskmask.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 KEYRING_FORMAT = "riskmask-keyring/1"
@@ -192,3 +194,64 @@ def rotate(keys_dir: Optional[Path] = None, kek: bool = True, pseudonym_key: boo
         ring.add_pseudonym_key(os.urandom(32))
     save_keyring(ring, keys_dir)
     return ring
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _keys_dir_option(p) -> None:
+    p.add_argument("--keys-dir", type=Path, default=None,
+                   help=f"keyring directory (default: ${ENV_KEYS_DIR} or ~/.riskmask/keys)")
+
+
+def add_commands(sub) -> None:
+    """``riskmask keys init|rotate|show``."""
+    p = sub.add_parser("keys", help="privacy keys: pseudonymisation key and key-encryption key (client side)",
+                       description="Create, rotate or describe the privacy keyring. Ledger nodes never hold it.")
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    init = ksub.add_parser("init", help="create a new keyring (0600) with fresh random keys")
+    _keys_dir_option(init)
+    init.add_argument("--force", action="store_true", help="overwrite an existing keyring (destroys its keys!)")
+    init.set_defaults(func=_keys_init)
+    rot = ksub.add_parser("rotate", help="add a new active key-encryption key (and optionally pseudonym key)")
+    _keys_dir_option(rot)
+    rot.add_argument("--pseudonym-key", action="store_true",
+                     help="also start a new pseudonymisation key (old pseudonyms stay searchable)")
+    rot.set_defaults(func=_keys_rotate)
+    show = ksub.add_parser("show", help="print key ids and which are active (never the keys)")
+    _keys_dir_option(show)
+    show.set_defaults(func=_keys_show)
+
+
+def load_keys(keys_dir: Optional[Path]) -> Keyring:
+    try:
+        return load_keyring(keys_dir)
+    except KeyringError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _keys_init(args) -> int:
+    try:
+        path = init_keyring(args.keys_dir, force=args.force)
+    except KeyringError as exc:
+        raise UserError(str(exc)) from None
+    print(f"keyring created: {path} (mode 0600); keep a backup offline, never copy it to a ledger node")
+    return 0
+
+
+def _keys_rotate(args) -> int:
+    load_keys(args.keys_dir)
+    ring = rotate(args.keys_dir, kek=True, pseudonym_key=args.pseudonym_key)
+    print(f"active kek {ring.active_kek.hex()}, active pseudonym key {ring.active_pseudonym.hex()}; "
+          "run `riskmask rewrap` to move existing records to the new kek")
+    return 0
+
+
+def _keys_show(args) -> int:
+    ring = load_keys(args.keys_dir)
+    print(json.dumps({"active_kek": ring.active_kek.hex(), "active_pseudonym_key": ring.active_pseudonym.hex(),
+                      "keks": [k.hex() for k in ring.keks], "pseudonym_keys": [k.hex() for k in ring.pseudonym_keys]},
+                     indent=2))
+    return 0

@@ -17,7 +17,6 @@ import argparse
 import base64
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,7 +374,7 @@ def face_templates(photos: Sequence[Path], model_dir: Optional[Path] = None) -> 
 
 def register_commands(sub: Sub) -> None:  # type: ignore[valid-type]
     """Add the registry, key, audit and export subcommands."""
-    _register_keys(sub)
+    keyring.add_commands(sub)
     _register_registry(sub)
     from ledger import audit, exporter
 
@@ -421,25 +420,6 @@ def _attr(text: str) -> tuple[str, str]:
     if not sep:
         raise argparse.ArgumentTypeError(f"attribute must be key=value, got {text!r}")
     return k.strip(), v
-
-
-def _register_keys(sub: Sub) -> None:  # type: ignore[valid-type]
-    p = sub.add_parser("keys", help="privacy keys: pseudonymisation key and key-encryption key (client side)",
-                       description="Create, rotate or describe the privacy keyring. Ledger nodes never hold it.")
-    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
-    ksub.required = True
-    init = ksub.add_parser("init", help="create a new keyring (0600) with fresh random keys")
-    _keys_dir_option(init)
-    init.add_argument("--force", action="store_true", help="overwrite an existing keyring (destroys its keys!)")
-    init.set_defaults(func=_keys_init)
-    rot = ksub.add_parser("rotate", help="add a new active key-encryption key (and optionally pseudonym key)")
-    _keys_dir_option(rot)
-    rot.add_argument("--pseudonym-key", action="store_true",
-                     help="also start a new pseudonymisation key (old pseudonyms stay searchable)")
-    rot.set_defaults(func=_keys_rotate)
-    show = ksub.add_parser("show", help="print key ids and which are active (never the keys)")
-    _keys_dir_option(show)
-    show.set_defaults(func=_keys_show)
 
 
 def _register_registry(sub: Sub) -> None:  # type: ignore[valid-type]
@@ -636,36 +616,4 @@ def _cmd_anchor_proof(args: argparse.Namespace) -> int:
     finally:
         client.close()
     print(json.dumps(st, indent=2))
-    return 0
-
-
-def load_keys(keys_dir: Path | None) -> keyring.Keyring:
-    try:
-        return keyring.load_keyring(keys_dir)
-    except keyring.KeyringError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _keys_init(args: argparse.Namespace) -> int:
-    try:
-        path = keyring.init_keyring(args.keys_dir, force=args.force)
-    except keyring.KeyringError as exc:
-        raise UserError(str(exc)) from None
-    print(f"keyring created: {path} (mode 0600); keep a backup offline, never copy it to a ledger node")
-    return 0
-
-
-def _keys_rotate(args: argparse.Namespace) -> int:
-    load_keys(args.keys_dir)
-    ring = keyring.rotate(args.keys_dir, kek=True, pseudonym_key=args.pseudonym_key)
-    print(f"active kek {ring.active_kek.hex()}, active pseudonym key {ring.active_pseudonym.hex()}; "
-          "run `riskmask rewrap` to move existing records to the new kek")
-    return 0
-
-
-def _keys_show(args: argparse.Namespace) -> int:
-    ring = load_keys(args.keys_dir)
-    print(json.dumps({"active_kek": ring.active_kek.hex(), "active_pseudonym_key": ring.active_pseudonym.hex(),
-                      "keks": [k.hex() for k in ring.keks], "pseudonym_keys": [k.hex() for k in ring.pseudonym_keys]},
-                     indent=2))
     return 0

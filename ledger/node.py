@@ -36,7 +36,8 @@ from ledger.errors import LedgerError
 from ledger.fastverify import make_verifier
 from ledger.mempool import Mempool, MempoolFull
 from ledger.store import Store, StoreError
-from ledger.types import Block, CommitCertificate, Evidence, Proposal, Transaction, Vote, decode_message
+from ledger.types import (Block, CommitCertificate, Evidence, Proposal, Transaction, Vote, decode_message,
+                          verify_commit)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ GOSSIP_INTERVAL_S = 0.005
 SYNC_TIMEOUT_S = 5.0
 MAX_FUTURE_MS = 10_000
 MERKLE_CACHE = 16
+MAX_PENDING_EVIDENCE = 1000
 ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
 
 
@@ -94,6 +96,9 @@ class LedgerNode:
         self._last_hash = self.genesis.hash()
         self._last_time = self.genesis.genesis_time
         self._closing = False
+        # -1: started without any data and nothing heard yet; H: stay silent through height H; None: normal.
+        self._quiet_through: Optional[int] = None
+        self._consensus_reset = False
         self.fatal: Optional[str] = None
         self.stop_event: Optional[asyncio.Event] = None
 
@@ -124,19 +129,18 @@ class LedgerNode:
             self.registry.apply_block(h, [(tx.hash(), tx.payload) for tx in blk.txs])
 
     async def start(self) -> None:
-        tip = self._tip()
-        self._last_hash, self._last_time = tip.block_hash, tip.timestamp_ms
         self._replay_registry()
-        params = ConsensusParams(
+        self._params = ConsensusParams(
             timeout_propose=self.cfg.timeout_propose, timeout_propose_delta=self.cfg.timeout_propose_delta,
             timeout_prevote=self.cfg.timeout_prevote, timeout_prevote_delta=self.cfg.timeout_prevote_delta,
             timeout_precommit=self.cfg.timeout_precommit,
             timeout_precommit_delta=self.cfg.timeout_precommit_delta,
             timeout_commit=self.cfg.block_interval, timeout_max=self.cfg.timeout_max,
             max_block_txs=self.cfg.max_block_txs, max_block_bytes=self.cfg.max_block_bytes)
-        signed = [m for *_, m in self.store.signed_from(tip.height + 1)]
-        self.consensus = ConsensusState(self.chain_id, self.public_keys, self.cfg.index, self.key, tip, params,
-                                        self._build_block, self._validate_block, self.verifier, signed)
+        tip = self._tip()
+        if tip.height == 0 and not self.store.signed_from(1) and self.genesis.n > 1:
+            self._quiet_through = -1
+        self.consensus = self._make_consensus()
         host, port = p2p_host_port(self.cfg.p2p_listen)
         await self.p2p.start(host, port)
         ahost, aport = p2p_host_port(self.cfg.api_listen)
@@ -173,6 +177,8 @@ class LedgerNode:
             while self._events and not self._closing:
                 ev = self._events.popleft()
                 self._execute(self.consensus.handle(ev))
+                if self._consensus_reset:
+                    self._restart_consensus()
         except (StoreError, LedgerError) as exc:
             self._die(f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug must stop the node, never leave it half-applied
@@ -180,6 +186,22 @@ class LedgerNode:
             self._die(f"internal error: {exc}")
         finally:
             self._busy = False
+
+    def _make_consensus(self) -> ConsensusState:
+        tip = self._tip()
+        self._last_hash, self._last_time = tip.block_hash, tip.timestamp_ms
+        signed = [m for *_, m in self.store.signed_from(tip.height + 1)]
+        return ConsensusState(self.chain_id, self.public_keys, self.cfg.index, self.key, tip, self._params,
+                              self._build_block, self._validate_block, self.verifier, signed)
+
+    def _restart_consensus(self) -> None:
+        """Rebuild the state machine from the store (what it signed is restored) and fetch the block."""
+        self._consensus_reset = False
+        self._events.clear()
+        self.consensus = self._make_consensus()
+        self._sync_inflight = None
+        self._execute(self.consensus.start())
+        self._request_sync(self.store.height + 1)
 
     def _die(self, reason: str) -> None:
         """Fail hard: stop processing and make the process exit non-zero."""
@@ -192,9 +214,13 @@ class LedgerNode:
 
     def _execute(self, actions: list) -> None:
         for a in actions:
+            if self._consensus_reset:
+                return  # the rest belongs to a decision we refused
             if isinstance(a, PersistSigned):
                 self.store.save_signed(a.height, a.round, a.step, a.data)
             elif isinstance(a, Broadcast):
+                if self._is_quiet():
+                    continue
                 mtype = p2p.T_PROPOSAL if isinstance(a.message, Proposal) else p2p.T_VOTE
                 if self.byzantine is not None:
                     self.byzantine.broadcast(mtype, a.message, a.data)
@@ -212,6 +238,28 @@ class LedgerNode:
             else:
                 logger.warning("unknown consensus action %r", type(a).__name__)
 
+    def _is_quiet(self) -> bool:
+        """True while a node that lost its data must not send what it signs (see _note_peer_height)."""
+        if self._quiet_through is None:
+            return False
+        if self._quiet_through < 0:
+            return True
+        if self.store.height + 1 > self._quiet_through:
+            logger.info("rejoined at height %d; voting again", self.store.height + 1)
+            self._quiet_through = None
+            return False
+        return True
+
+    def _note_peer_height(self, height: int) -> None:
+        """A node that started with no data cannot know what it signed before the data was lost: if the
+        chain already exists it stays silent until two heights past the one in progress when it rejoined,
+        so it can never contradict a vote it cast before the wipe."""
+        if self._quiet_through is not None and self._quiet_through < 0:
+            self._quiet_through = height + 2 if height > 0 else None
+            if self._quiet_through:
+                logger.warning("started without data while the chain is at height %d: not signing anything "
+                               "before height %d", height, self._quiet_through + 1)
+
     def _fire(self, ev: Any) -> None:
         if not self._closing:
             self.feed(ev)
@@ -219,6 +267,14 @@ class LedgerNode:
     # -- decisions -----------------------------------------------------------------------------------------
     def _commit(self, block: Block, cert: CommitCertificate) -> None:
         h = block.header.height
+        try:  # defence in depth: never store a block whose certificate an auditor would reject
+            verify_commit(cert, self.chain_id, self.public_keys, block.hash(), h, self.verifier)
+        except LedgerError as exc:
+            logger.critical("consensus decided height %d with an invalid certificate (%s); sigs %s; "
+                            "not storing it, restarting consensus from the stored tip and syncing", h, exc,
+                            [(s.validator, s.round) for s in cert.sigs])
+            self._consensus_reset = True
+            return
         hashes = [tx.hash() for tx in block.txs]
         self.store.save_block(h, block.hash(), block.header.timestamp_ms, block.encode(), cert.encode(), hashes)
         self._last_hash, self._last_time = block.hash(), block.header.timestamp_ms
@@ -246,7 +302,8 @@ class LedgerNode:
         kind = {1: "duplicate_vote", 2: "duplicate_proposal"}.get(ev.kind, str(ev.kind))
         if self.store.add_evidence(ev.height, ev.validator, kind, data, now_ms()):
             logger.warning("evidence: validator %d equivocated at height %d (%s)", ev.validator, ev.height, kind)
-        self.pending_evidence.setdefault(data, ev)
+        if len(self.pending_evidence) < MAX_PENDING_EVIDENCE:
+            self.pending_evidence.setdefault(data, ev)
 
     def _build_block(self, height: int, round_: int) -> BlockContent:
         txs = self.mempool.take(self.cfg.max_block_txs, self.cfg.max_block_bytes - 64 * 1024)
@@ -258,7 +315,6 @@ class LedgerNode:
         if block.header.timestamp_ms > now_ms() + MAX_FUTURE_MS:
             return False
         seen: set[bytes] = set()
-        unknown: list[bytes] = []
         for tx in block.txs:
             h = tx.hash()
             if h in seen:
@@ -268,7 +324,6 @@ class LedgerNode:
                 continue  # verified at admission
             if self._check_tx(tx) is not None:
                 return False
-            unknown.append(h)
         if self.store.has_txs(seen):
             return False
         return True
@@ -369,6 +424,8 @@ class LedgerNode:
     async def _on_connect(self, peer: int) -> None:
         self.p2p.send(peer, p2p.T_STATUS, sync.encode_status(self.store.height, self._round()))
         # Re-send what we signed at the current height: the peer may have missed it while away.
+        if self._is_quiet():
+            return
         h = self.store.height + 1
         for _, _, step, msg in self.store.signed_from(h):
             self.p2p.send(peer, p2p.T_PROPOSAL if step == STEP_PROPOSAL else p2p.T_VOTE, msg)
@@ -386,6 +443,7 @@ class LedgerNode:
             elif mtype == p2p.T_STATUS:
                 height, _ = sync.decode_status(body)
                 self._peer_heights[peer] = height
+                self._note_peer_height(height)
                 if height > self.store.height:
                     self._request_sync(self.store.height + 1, prefer=peer)
             elif mtype == p2p.T_SYNC_REQ:

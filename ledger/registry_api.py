@@ -13,7 +13,9 @@ from committed blocks (``registry.db`` in the node data directory, rebuilt from 
 
 Hooks the node calls: :meth:`RegistryService.check_tx` at admission (mempool) and
 :meth:`RegistryService.apply_block` when a block is finalized, plus :meth:`RegistryService.install` to add the
-endpoints to the API table. Apply is deterministic: an invalid transaction inside a block (e.g. a second
+endpoints to the API table. A node that missed a key upload (it was down) lists it in ``missing_keys``;
+:meth:`RegistryService.repair_keys` with :func:`peer_key_fetcher` fetches it from peers, checked against the
+committed commitment. Apply is deterministic: an invalid transaction inside a block (e.g. a second
 registration of the same pseudonym in one block) leaves the state unchanged on every node alike.
 """
 
@@ -26,7 +28,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 from ledger import payloads
 from ledger.payloads import AnchorTx, EraseTx, PayloadError, SubjectTx
@@ -70,6 +72,10 @@ CREATE TABLE IF NOT EXISTS pending_keys (
     pseudonym BLOB NOT NULL,
     wrapped BLOB NOT NULL,
     received REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS missing_keys (
+    pseudonym BLOB PRIMARY KEY,
+    commitment BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 """
@@ -169,6 +175,15 @@ class RegistryIndex:
                                    (commitment,)).fetchone()
         return None if row is None else (bytes(row[0]), bytes(row[1]))
 
+    def missing(self) -> list[tuple[bytes, bytes]]:
+        with self._lock:
+            rows = self._db.execute("SELECT pseudonym, commitment FROM missing_keys").fetchall()
+        return [(bytes(p), bytes(c)) for p, c in rows]
+
+    def clear_missing(self, pseudonym: bytes) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM missing_keys WHERE pseudonym=?", (pseudonym,))
+
     def execute_block(self, height: int, ops: list[tuple]) -> None:
         """Apply SQL effects of one block atomically and record the applied height."""
         with self._lock:
@@ -237,8 +252,7 @@ class RegistryService:
         if height <= self.index.applied_height:
             return  # replay after restart: already applied
         ops: list[tuple] = []
-        key_puts: list[tuple[bytes, bytes]] = []
-        key_deletes: list[bytes] = []
+        final_key: dict[bytes, Optional[bytes]] = {}  # last decision per subject: key to store, or delete
         overlay: dict[bytes, dict] = {}
         for tx_hash, payload in txs:
             if not is_registry_payload(payload):
@@ -260,11 +274,14 @@ class RegistryService:
                              tx.key_commitment, height, tx_hash)))
                 pend = self.index.pending(tx.key_commitment)
                 if pend is not None and pend[0] == tx.pseudonym:
-                    key_puts.append((tx.pseudonym, pend[1]))
+                    final_key[tx.pseudonym] = pend[1]
                     ops.append(("DELETE FROM pending_keys WHERE commitment=?", (tx.key_commitment,)))
+                    ops.append(("DELETE FROM missing_keys WHERE pseudonym=?", (tx.pseudonym,)))
                 else:
-                    # the key may arrive later (upload or peer sync); the old version's key is stale now
-                    key_deletes.append(tx.pseudonym)
+                    # the key may still arrive (late upload, peer repair); the previous version's key is stale
+                    final_key[tx.pseudonym] = None
+                    ops.append(("INSERT OR REPLACE INTO missing_keys VALUES (?, ?)",
+                                (tx.pseudonym, tx.key_commitment)))
                     logger.warning("block %d: no wrapped key uploaded for subject commitment %s", height,
                                    tx.key_commitment.hex()[:16])
             elif isinstance(tx, EraseTx):
@@ -273,15 +290,36 @@ class RegistryService:
                             "commitment=NULL, height=?, tx_hash=? WHERE pseudonym=?",
                             (tx.version, height, tx_hash, tx.pseudonym)))
                 ops.append(("DELETE FROM pending_keys WHERE pseudonym=?", (tx.pseudonym,)))
-                key_deletes.append(tx.pseudonym)
-                key_puts = [(p, w) for p, w in key_puts if p != tx.pseudonym]
-        # Key store first for deletions (crypto-shredding must not wait), puts after the index commit.
-        for p in key_deletes:
-            self.keys.delete_wrapped_key(p)
+                ops.append(("DELETE FROM missing_keys WHERE pseudonym=?", (tx.pseudonym,)))
+                final_key[tx.pseudonym] = None
+        # Deletions before the index commit: a crash in between must never leave an erased key behind
+        # (a replay does not revisit applied heights). Puts after: a lost put is repaired like a missed upload.
+        for p, w in final_key.items():
+            if w is None:
+                self.keys.delete_wrapped_key(p)
         self.index.execute_block(height, ops)
-        for p, w in key_puts:
-            if overlay.get(p, {}).get("status") == "live":
+        for p, w in final_key.items():
+            if w is not None:
                 self.keys.put_wrapped_key(p, w, height)
+
+    def missing_keys(self) -> list[tuple[bytes, bytes]]:
+        """(pseudonym, commitment) of live subjects whose wrapped key this node does not hold."""
+        return self.index.missing()
+
+    def repair_keys(self, fetch: Callable[[bytes], Optional[bytes]]) -> int:
+        """Fill missing wrapped keys with ``fetch(pseudonym)`` (e.g. from peers); only a key matching the
+        committed commitment is stored. Returns how many were repaired."""
+        fixed = 0
+        for p, commitment in self.missing_keys():
+            try:
+                wrapped = fetch(p)
+            except Exception as exc:  # noqa: BLE001 - a peer failure only delays the repair
+                logger.debug("key repair for %s failed: %s", p.hex()[:12], type(exc).__name__)
+                continue
+            if wrapped is not None and _commitment(wrapped) == commitment:
+                self.upload_key(p, wrapped)
+                fixed += 1
+        return fixed
 
     def upload_key(self, pseudonym: bytes, wrapped: bytes) -> bytes:
         """Accept a wrapped key before (or after) its transaction commits; returns its commitment."""
@@ -295,6 +333,7 @@ class RegistryService:
             raise RegistryRejected("subject was erased")
         if cur is not None and cur["commitment"] == commitment:
             self.keys.put_wrapped_key(pseudonym, wrapped, cur["height"])  # late upload of a committed key
+            self.index.clear_missing(pseudonym)
         else:
             self.index.put_pending(commitment, pseudonym, wrapped)
         return commitment
@@ -402,3 +441,22 @@ def _subject_out(row: dict[str, Any], wrapped: Optional[bytes]) -> dict[str, Any
             "nonce": _b64(row["nonce"]), "ciphertext": _b64(row["ciphertext"]),
             "commitment": row["commitment"].hex() if row["commitment"] else None,
             "wrapped_key": _b64(wrapped)}
+
+
+def peer_key_fetcher(addresses: Iterable[str], seed: bytes, timeout_s: float = 5.0) -> Callable[[bytes], Optional[bytes]]:
+    """``fetch(pseudonym)`` asking peer nodes (validator key ``seed``) for a subject's wrapped key."""
+    from ledger.client import ApiError, LedgerClient, Unavailable
+
+    clients = [LedgerClient(a, seed, timeout_s) for a in addresses]
+
+    def fetch(pseudonym: bytes) -> Optional[bytes]:
+        for c in clients:
+            try:
+                rec = c.request("GET", f"/v1/registry/subjects/{pseudonym.hex()}")
+            except (ApiError, Unavailable):
+                continue
+            if rec.get("wrapped_key"):
+                return base64.b64decode(rec["wrapped_key"])
+        return None
+
+    return fetch

@@ -16,9 +16,16 @@ from ledger import codec, crypto, merkle
 from ledger.codec import (HASH_LEN, MAX_BLOCK_BYTES, MAX_BLOCK_EVIDENCE, MAX_BLOCK_TXS, MAX_PAYLOAD_BYTES,
                           MAX_TX_BYTES, Reader)
 from ledger.errors import DecodeError, ValidationError
-from ledger.votes import (EVIDENCE_DUPLICATE_PROPOSAL, EVIDENCE_DUPLICATE_VOTE, PRECOMMIT, PREVOTE,  # noqa: F401
+from ledger.votes import (EVIDENCE_DUPLICATE_PROPOSAL, EVIDENCE_DUPLICATE_VOTE, PRECOMMIT, PREVOTE,
                           CommitCertificate, CommitSig, Evidence, ProposalStub, Vote, proposer_index, quorum,
                           validator_set_hash, verify_commit, weak_quorum)
+
+__all__ = ["TX_REGISTER", "TX_UPDATE", "TX_ERASE", "TX_ANCHOR", "TX_KIND_NAMES", "Transaction", "BlockHeader",
+           "Block", "Proposal", "Message", "decode_message", "tx_hash",
+           # re-exported from ledger.votes
+           "PREVOTE", "PRECOMMIT", "EVIDENCE_DUPLICATE_VOTE", "EVIDENCE_DUPLICATE_PROPOSAL", "Vote", "ProposalStub",
+           "CommitSig", "CommitCertificate", "Evidence", "quorum", "weak_quorum", "proposer_index",
+           "validator_set_hash", "verify_commit"]
 
 TX_REGISTER = 1
 TX_UPDATE = 2
@@ -53,9 +60,14 @@ class Transaction:
             raise ValidationError(f"cannot encode transaction: {exc}") from None
 
     def encode(self) -> bytes:
-        if len(self.signature) != SIG:
-            raise ValidationError("transaction signature must be 64 bytes")
-        return self.signing_bytes() + self.signature
+        # Cached in the instance dict (the dataclass is frozen, its fields never change): a transaction is
+        # encoded for the Merkle root, the block, the proposal and its hash.
+        enc = self.__dict__.get("_enc")
+        if enc is None:
+            if len(self.signature) != SIG:
+                raise ValidationError("transaction signature must be 64 bytes")
+            enc = self.__dict__["_enc"] = self.signing_bytes() + self.signature
+        return enc
 
     @classmethod
     def decode(cls, data: bytes) -> "Transaction":
@@ -74,7 +86,9 @@ class Transaction:
         if len(data) != end + SIG:
             raise DecodeError("transaction length does not match its payload length"
                               if len(data) > end + SIG else "truncated transaction")
-        return cls(kind, sender, nonce, ts, data[_TX_HEAD.size:end], data[end:])
+        tx = cls(kind, sender, nonce, ts, data[_TX_HEAD.size:end], data[end:])
+        tx.__dict__["_enc"] = data
+        return tx
 
     def validate_basic(self) -> None:
         if self.kind not in TX_KIND_NAMES:
@@ -90,7 +104,10 @@ class Transaction:
 
     def hash(self) -> bytes:
         """Transaction id: SHA-256 of the full canonical encoding (signature included)."""
-        return crypto.sha256(self.encode())
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self.__dict__["_hash"] = crypto.sha256(self.encode())
+        return h
 
     def signed(self, chain_id: str) -> bytes:
         return crypto.signing_bytes(crypto.DOMAIN_TX, self.signing_bytes(), chain_id)
@@ -99,11 +116,11 @@ class Transaction:
     def create(cls, key: crypto.PrivateKey, chain_id: str, kind: int, nonce: int, timestamp_ms: int,
                payload: bytes) -> "Transaction":
         unsigned = cls(kind, key.public_key().to_bytes(), nonce, timestamp_ms, bytes(payload))
-        unsigned.validate_basic_unsigned()
+        unsigned._validate_unsigned()
         return cls(kind, unsigned.sender, nonce, timestamp_ms, unsigned.payload,
                    key.sign_signed(unsigned.signed(chain_id)))
 
-    def validate_basic_unsigned(self) -> None:
+    def _validate_unsigned(self) -> None:
         Transaction(self.kind, self.sender, self.nonce, self.timestamp_ms, self.payload, b"\0" * SIG).validate_basic()
 
     def verify_signature(self, chain_id: str, verifier: Optional[crypto.Verifier] = None) -> bool:
@@ -163,7 +180,10 @@ class BlockHeader:
         return cls(chain_id, *fields)
 
     def hash(self) -> bytes:
-        return crypto.sha256(self.encode())
+        h = self.__dict__.get("_hash")  # cached: the header is frozen
+        if h is None:
+            h = self.__dict__["_hash"] = crypto.sha256(self.encode())
+        return h
 
     def validate_basic(self) -> None:
         self.encode()  # every field in range and every hash 32 bytes

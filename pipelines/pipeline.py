@@ -24,18 +24,26 @@ from pipelines.transforms.mask_faces import MaskFaces
 
 
 def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Callable[[], Any]] = None,
-          source: Optional[beam.PTransform] = None) -> dict[str, beam.PCollection]:
-    """Add the pipeline to ``p``; returns its main PCollections by name (for tests and extensions)."""
+          source: Optional[beam.PTransform] = None, recognition: Optional[beam.PTransform] = None,
+          audit: Optional[beam.PTransform] = None) -> dict[str, beam.PCollection]:
+    """Add the pipeline to ``p``; returns its main PCollections by name (for tests and extensions).
+
+    ``recognition`` (FrameContext -> FrameContext, e.g. EmbedFaces then EnrichRisk) runs between DetectFaces
+    and MaskFaces; without it every face is unknown and gets the strongest mask. ``audit`` (redacted
+    OutboundMessage -> OutboundMessage of AuditBlock) taps Encode's output and writes to the audit topic.
+    Both must be element-wise or stateful DoFns (no GroupByKey/Flatten), like the rest of the live path.
+    """
     bootstrap = opts.kafka_bootstrap_servers
     read = source or ReadFromKafka(bootstrap, [opts.raw_topic], opts.group_id, bounded=opts.bounded,
                                    max_records_per_call=opts.max_records_per_bundle,
                                    max_call_seconds=opts.max_bundle_seconds)
     records = p | "ReadFrames" >> read
     decoded = records | "Decode" >> Decode(opts.max_frame_bytes)
-    masked = (decoded["frames"]
-              | "DetectFaces" >> DetectFaces(opts.detector, opts.detector_threads, opts.detector_threshold,
-                                             detector_factory)
-              | "MaskFaces" >> MaskFaces(opts.policy))
+    faces = decoded["frames"] | "DetectFaces" >> DetectFaces(opts.detector, opts.detector_threads,
+                                                              opts.detector_threshold, detector_factory)
+    if recognition is not None:
+        faces = faces | "Recognition" >> recognition
+    masked = faces | "MaskFaces" >> MaskFaces(opts.policy)
     encoded = masked | "Encode" >> Encode()
     encoded["redacted"] | "WriteRedacted" >> WriteToKafka(bootstrap, opts.redacted_topic,
                                                           max_request_bytes=_request_bytes(opts))
@@ -46,8 +54,12 @@ def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Ca
     for stage, outputs in (("Decode", decoded), ("Encode", encoded)):
         dead[stage] = outputs[DLQ_TAG] | f"{stage}DeadLetterRecords" >> beam.Map(dead_letter_message)
         dead[stage] | f"Write{stage}DeadLetters" >> WriteToKafka(bootstrap, opts.dlq_topic)
-    return {"records": records, "frames": masked, "redacted": encoded["redacted"],
-            "decode_dead_letters": dead["Decode"], "encode_dead_letters": dead["Encode"]}
+    out = {"records": records, "frames": masked, "redacted": encoded["redacted"],
+           "decode_dead_letters": dead["Decode"], "encode_dead_letters": dead["Encode"]}
+    if audit is not None:
+        out["audit"] = encoded["redacted"] | "Audit" >> audit
+        out["audit"] | "WriteAudit" >> WriteToKafka(bootstrap, opts.audit_topic)
+    return out
 
 
 def _request_bytes(opts: RiskmaskOptions) -> int:

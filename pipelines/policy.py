@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 POLICY_DIR = pathlib.Path(__file__).with_name("policies")
@@ -192,7 +192,3 @@ class Policy:
 
 def _as_dict(d: MaskDecision) -> dict[str, Any]:
     return {k: getattr(d, k) for k in MaskDecision.__dataclass_fields__}
-
-
-def override(decision: MaskDecision, **changes: Any) -> MaskDecision:
-    return replace(decision, **changes)

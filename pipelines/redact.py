@@ -223,6 +223,9 @@ def cmd_redact(args: argparse.Namespace) -> int:
         detector = load_detector(args.detector, threads=args.threads, score_threshold=args.threshold)
     except (PolicyError, ModelError) as exc:
         raise UserError(str(exc)) from exc
+    if policy.mode == "pixelate":
+        logger.warning("pixelate is not calibrated to defeat face recognition on every face "
+                       "(docs/policy.md); the default gaussian mode is")
     stats = redact_path(Redactor(detector, policy), src, dst, quiet=getattr(args, "quiet", False))
     threshold = float(getattr(detector, "score_threshold", float("nan")))
     print(f"{stats.summary()} (detector {detector.model_id} >= {threshold:.2f}, "

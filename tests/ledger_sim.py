@@ -8,6 +8,8 @@ their persisted signed messages, or make one validator Byzantine.
 
 from __future__ import annotations
 
+import dataclasses
+
 import heapq
 import random
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from ledger.consensus import (BlockContent, Broadcast, ChainTip, CommitReceived,
                               Decide, PersistSigned, ProposalReceived, RecordEvidence, RequestSync,
                               ScheduleTimeout, TimeoutFired, TxsAvailable, VoteReceived)
 from ledger.errors import DecodeError
-from ledger.types import (PRECOMMIT, PREVOTE, TX_ANCHOR, Block, CommitCertificate, Proposal, ProposalStub,
+from ledger.types import (PRECOMMIT, PREVOTE, TX_ANCHOR, Block, CommitCertificate, Proposal,
                           Transaction, Vote, decode_message)
 
 CHAIN = "sim-chain"
@@ -255,7 +257,7 @@ class Network:
             if isinstance(msg, Vote):
                 out.append(data[:-64] + junk)
             else:
-                out.append(Proposal(ProposalStub(**{**msg.stub.__dict__, "signature": junk}), msg.block).encode())
+                out.append(Proposal(dataclasses.replace(msg.stub, signature=junk), msg.block).encode())
         if rng.random() < 0.05:
             out.append(data[: rng.randrange(len(data))])  # truncated garbage: the runtime drops it
         if isinstance(msg, Vote):
@@ -284,7 +286,7 @@ class Network:
                                     msg.block.txs)
             elif choice < 0.6:
                 good = msg.block
-                block = Block(hd.__class__(**{**hd.__dict__, "tx_root": crypto.sha256(b"bad root")}),
+                block = Block(dataclasses.replace(hd, tx_root=crypto.sha256(b"bad root")),
                               good.txs, good.evidence)
             else:
                 block = None

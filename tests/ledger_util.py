@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Callable, Iterable, Optional
 from ledger import crypto
 from ledger.client import ApiError, Unavailable
 from ledger.cluster import Cluster, init_cluster
-from ledger.types import TX_ANCHOR, Transaction
+from ledger.types import TX_ANCHOR, CommitCertificate, Transaction, verify_commit
 
 # Short consensus timeouts keep the tests quick; still generous for a loaded 2-core box.
 TEST_OVERRIDES = {"block_interval": 0.3, "timeout_propose": 1.5, "timeout_prevote": 0.5,
@@ -56,7 +57,7 @@ def committed_on(cluster: Cluster, node: int, hashes: Iterable[str]) -> bool:
 
 
 def chain(cluster: Cluster, node: int, upto: Optional[int] = None) -> list[str]:
-    """Block hashes of ``node`` from height 1 (up to ``upto`` or its height)."""
+    """Block hashes of ``node`` from height 1 (up to ``upto`` or its height); every certificate must verify."""
     out: list[str] = []
     with cluster.client(node, "auditor", timeout_s=20.0) as c:
         top = c.status()["height"] if upto is None else upto
@@ -65,7 +66,11 @@ def chain(cluster: Cluster, node: int, upto: Optional[int] = None) -> list[str]:
             blocks = c.blocks(h, min(top, h + 99))
             if not blocks:
                 break
-            out += [b["hash"] for b in blocks]
+            for b in blocks:
+                cert = CommitCertificate.decode(base64.b64decode(b["cert"]))
+                verify_commit(cert, cluster.genesis.chain_id, cluster.genesis.public_keys(),
+                              bytes.fromhex(b["hash"]), b["height"])
+                out.append(b["hash"])
             h += len(blocks)
     return out
 

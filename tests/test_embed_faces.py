@@ -223,3 +223,42 @@ def test_real_video_with_injected_detector_misses_never_shows_the_face(detector:
                 assert float(before @ after) < 0.363, f"frame {seq}: masked face still recognisable"
     cap.release()
     assert dropped >= 8 and gap_masked == dropped and checked >= n_frames - 5
+
+
+def test_crowded_faces_never_use_a_held_template() -> None:
+    class Fixed:  # unit-test stand-in: a constant template per call, counts calls
+        calls = 0
+
+        def embed(self, image: np.ndarray, dets: list[Any]) -> np.ndarray:
+            Fixed.calls += len(dets)
+            return np.ones((len(dets), 128), np.float32) / np.sqrt(128)
+
+    lm = np.array([[30, 40], [60, 40], [45, 55], [33, 70], [57, 70]], np.float32)
+    image = np.zeros((480, 640, 3), np.uint8)
+    tracker = FaceTracker(TrackerConfig(reverify_crowd_every=3, reverify_every=100))
+    fresh, none = [], []
+    for seq in range(6):
+        dets = [Detection(100.0, 100.0, 80.0, 90.0, 0.9, lm + 100), Detection(170.0, 100.0, 80.0, 90.0, 0.9, lm + 170)]
+        out, stats = track_and_embed(make_frame(image, seq, dets), tracker, Fixed(), EmbedConfig())
+        for f in out.detections:
+            assert f.crowded
+            (fresh if f.embedding_fresh else none).append(seq)
+            assert f.embedding_fresh == (f.embedding is not None)
+    assert sorted(set(fresh)) == [0, 3] and Fixed.calls == 4
+
+
+def test_set_if_field_sets_only_fields_the_element_has() -> None:
+    import dataclasses
+
+    from pipelines.transforms.embed_faces import set_if_field
+
+    @dataclasses.dataclass(frozen=True)
+    class WithId:
+        recognizer_id: str = ""
+
+        def replace(self, **kw: Any) -> "WithId":
+            return dataclasses.replace(self, **kw)
+
+    assert set_if_field(WithId(), recognizer_id="sface", watchlist_height=3).recognizer_id == "sface"
+    frame = make_frame(np.zeros((4, 4, 3), np.uint8), 0, [])
+    assert set_if_field(frame, no_such_field=1) is frame

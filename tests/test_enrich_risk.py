@@ -15,7 +15,7 @@ import pytest
 
 from infra import sample_data
 from pipelines.frame import FrameContext
-from pipelines.matching import AMBIGUOUS, MATCHED, STALE, UNKNOWN, MatchConfig
+from pipelines.matching import AMBIGUOUS, MATCHED, STALE, UNKNOWN
 from pipelines.policy import Policy
 from pipelines.tracking import DETECTED, GAP_FILLED, TrackedFace
 from pipelines.transforms.enrich_risk import (EnrichRisk, LedgerWatchlistSource, RiskConfig, StaticWatchlistSource,
@@ -86,7 +86,7 @@ def test_real_faces_match_only_their_subject(index: WatchlistIndex, templates: d
     assert stranger.identity == UNKNOWN and stranger.risk is None and stranger.subject_ref is None
     assert gap.identity == UNKNOWN and gap.risk is None
     assert all(f.embedding is None for f in out.detections)  # no template travels past this stage
-    assert stats == {MATCHED: 1, AMBIGUOUS: 0, UNKNOWN: 2, STALE: 0}
+    assert stats == {MATCHED: 1, AMBIGUOUS: 0, UNKNOWN: 2, STALE: 0, "match_failed": 0}
 
 
 def test_low_risk_match_carries_no_reference(index: WatchlistIndex, templates: dict[str, np.ndarray]) -> None:
@@ -369,3 +369,23 @@ def _record(risk: int, suspect: bool, temps: list[np.ndarray]) -> Any:
     from ledger.privacy import SubjectRecord
 
     return SubjectRecord.make(risk, suspect, temps)
+
+
+def test_source_factory_without_ledger_is_an_empty_current_watchlist(templates: dict[str, np.ndarray]) -> None:
+    import pickle
+
+    from pipelines.transforms.enrich_risk import WatchlistSourceFactory
+
+    factory = pickle.loads(pickle.dumps(WatchlistSourceFactory()))
+    idx = factory().sync(WatchlistIndex.empty(), 500.0)
+    assert len(idx) == 0 and not idx.is_stale(510.0, 30.0)
+    out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), idx, 510.0, RiskConfig())
+    assert out.detections[0].identity == UNKNOWN
+    assert isinstance(WatchlistSourceFactory("/nonexistent")(), LedgerWatchlistSource)
+
+
+def test_a_matching_failure_leaves_faces_unknown(index: WatchlistIndex) -> None:
+    bad = face(np.full(128, np.nan, np.float32))  # a broken template from a faulty model run
+    out, stats = enrich_frame(frame_of(bad), index, 1001.0, RiskConfig())
+    assert out.detections[0].identity == UNKNOWN and out.detections[0].embedding is None
+    assert stats["match_failed"] == 1

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ledger import crypto, exporter, payloads, privacy
+from ledger import crypto, exporter, privacy
 from ledger import keys as keyring
 from ledger.config import KeyFile
 from ledger.manager_cli import RegistryClient
@@ -33,14 +33,15 @@ def env(tmp_path_factory):
         cluster.up(wait_height=1, timeout_s=90)
         mgr = RegistryClient.from_dir(base / "ledger", "manager", base / "keys")
         pipe = RegistryClient.from_dir(base / "ledger", "pipeline", need_keyring=False)
+        anchors = []
         for i in range(3):
             rec = privacy.SubjectRecord.make(risk=10 * i, suspect=bool(i % 2))
             mgr.register(privacy.Identity(f"Export Subject {i}", "1970-01-0%d" % (i + 1)), rec)
-            pipe.submit_anchor(AnchorTx(camera_id="cam-x", window_start_us=i, window_end_us=i + 5, record_count=3,
-                                        merkle_root=crypto.sha256(b"%d" % i)))
+            anchors.append(pipe.submit_anchor(AnchorTx(camera_id="cam-x", window_start_us=i, window_end_us=i + 5,
+                                                       record_count=3, merkle_root=crypto.sha256(b"%d" % i))))
         mgr.close()
         pipe.close()
-        yield {"cluster": cluster, "dir": base / "ledger"}
+        yield {"cluster": cluster, "dir": base / "ledger", "anchors": anchors}
     finally:
         cluster.down()
 
@@ -162,7 +163,7 @@ def test_exported_topic_verifies_intact(env, kafka_bootstrap, exported, capsys) 
 
 def test_tamper_suite_on_exported_copy(env, kafka_bootstrap, exported, capsys) -> None:
     _, msgs = exported
-    i = next(k for k, m in enumerate(msgs) if m.txs and k >= 2)  # a block with transactions, not the first
+    i = next(k for k, m in enumerate(msgs) if m.txs and 2 <= k < len(msgs) - 1)  # a tx block, not first or last
     m = msgs[i]
     h = m.height
     outsiders = [crypto.PrivateKey.generate() for _ in range(3)]
@@ -223,3 +224,78 @@ def test_audit_follow_reports_blocks_and_stops_at_tampering(env, kafka_bootstrap
                         "--ledger-topic", _write_copy(kafka_bootstrap, bad), "--idle-exit", "2"])
     out = capsys.readouterr().out
     assert rc == 1 and out.count("ok height") == 3 and f"FAILED block {msgs[4].height}" in out, out
+
+
+def test_anchor_inclusion_proof_retrievable_and_verified(env) -> None:
+    from ledger.manager_cli import RegistryError
+
+    auditor = RegistryClient.from_dir(env["dir"], "auditor", need_keyring=False)
+    try:
+        for i, (tx_hash, height) in enumerate(env["anchors"]):
+            proof = auditor.anchor_proof(tx_hash)
+            assert proof["verified"] and proof["height"] == height and len(proof["commit_signers"]) >= 3
+            assert proof["anchor"]["merkle_root"] == crypto.sha256(b"%d" % i).hex()
+            assert proof["anchor"]["camera_id"] == "cam-x" and proof["anchor"]["record_count"] == 3
+        with pytest.raises(RegistryError, match="unknown"):
+            auditor.anchor_proof("ab" * 32)
+    finally:
+        auditor.close()
+    # the pipeline key may submit anchors but not read blocks, so it cannot run the full verification
+    pipe = RegistryClient.from_dir(env["dir"], "pipeline", need_keyring=False)
+    try:
+        with pytest.raises(RegistryError, match="cannot read block"):
+            pipe.anchor_proof(env["anchors"][0][0])
+    finally:
+        pipe.close()
+
+
+def test_audit_verify_with_audit_blocks_topic(env, kafka_bootstrap, topic_factory, capsys) -> None:
+    """Audit blocks anchored on the real ledger: intact -> exit 0; a changed record -> exit 1 naming it."""
+    import os as _os
+
+    from kafka import KafkaProducer
+
+    from pipelines.audit_chain import anchor_tx, make_block
+    from schemas.messages import AuditRecord
+
+    pipe = RegistryClient.from_dir(env["dir"], "pipeline", need_keyring=False)
+    blocks, prev = [], b"\x00" * 32
+    try:
+        for i in range(3):
+            recs = [AuditRecord(camera_id="cam-a", epoch=0, seq=i * 4 + j, capture_ts_us=10_000 * i + j,
+                                raw_sha256=_os.urandom(32), redacted_sha256=_os.urandom(32), policy_id="default",
+                                detector_id="yunet") for j in range(4)]
+            blk = make_block("cam-a", i, prev, recs)
+            tx_hash, _ = pipe.submit_anchor(anchor_tx(blk))
+            blocks.append(dataclasses.replace(blk, anchor_tx_hash=bytes.fromhex(tx_hash)))
+            prev = blk.block_hash
+    finally:
+        pipe.close()
+    ledger_topic = topic_factory(prefix="ledger-blocks")
+    exp = exporter.Exporter(kafka_bootstrap, ledger_topic, _clients(env), env["cluster"].genesis.chain_id)
+    exp.start()
+    while exp.step():
+        pass
+    exp.close()
+
+    def audit_topic(blks) -> str:
+        t = topic_factory(prefix="audit-blocks")
+        prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        for b in blks:
+            prod.send(t, key=b.camera_id.encode(), value=b.to_bytes())
+        prod.flush()
+        prod.close()
+        return t
+
+    def run(t: str) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = riskmask_main(["-q", "audit", "verify", "--genesis", str(env["dir"] / "genesis.json"), "--bootstrap",
+                            kafka_bootstrap, "--ledger-topic", ledger_topic, "--audit-topic", t])
+        return rc, capsys.readouterr().out
+
+    rc, out = run(audit_topic(blocks))
+    assert rc == 0 and "audit blocks 3 over 1 camera(s): 3 anchored" in out, out
+    recs = list(blocks[1].records)
+    recs[2] = dataclasses.replace(recs[2], policy_id="none")
+    rc, out = run(audit_topic([blocks[0], dataclasses.replace(blocks[1], records=tuple(recs)), blocks[2]]))
+    assert rc == 1 and "audit block cam-a#1" in out and "Merkle root" in out, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 import subprocess
 import sys
 import time
@@ -163,3 +164,27 @@ def test_busy_port_is_a_clear_error(tmp_path):
     finally:
         s.close()
         c.down()
+
+
+def test_soak_few_kill_restart_cycles(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import ledger_soak
+
+    result = ledger_soak.run(tmp_path / "soak", cycles=6, seed=3, log=lambda *_: None)
+    assert result["prefix_ok"], result
+    assert result["lost_acknowledged"] == 0 and result["duplicate_txs"] == 0, result
+    assert result["double_sign_evidence"] == 0, result
+    assert result["never_committed"] == 0 and result["bad_certificates"] == 0, result
+
+
+def test_corrupt_store_fails_hard_with_clear_error(cluster):
+    cluster.up(wait_height=2, timeout_s=90)
+    cluster.kill_node(1, signal.SIGKILL)
+    db = cluster.data_dir(1) / "ledger.db"
+    for f in db.parent.glob("ledger.db*"):
+        f.unlink()
+    db.write_bytes(b"\x00garbage, not a database" * 512)
+    cluster.start_node(1)
+    wait_for(lambda: cluster.pid(1) is None, 30, "the node with a corrupt store to exit")
+    log = cluster.log_path(1).read_text()
+    assert "corrupt" in log and "Traceback" not in log.split("corrupt")[-1]

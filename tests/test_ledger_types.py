@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 import struct
 import time
@@ -177,9 +179,9 @@ def test_block_limits():
 def test_block_validate_basic_catches_bad_contents():
     block = make_block()
     hd = block.header
-    wrong_root = Block(BlockHeader(**{**hd.__dict__, "tx_root": b"\x00" * 32}), block.txs, block.evidence)
-    wrong_count = Block(BlockHeader(**{**hd.__dict__, "num_txs": 2}), block.txs, block.evidence)
-    wrong_ev = Block(BlockHeader(**{**hd.__dict__, "evidence_hash": merkle.EMPTY_ROOT}), block.txs,
+    wrong_root = Block(dataclasses.replace(hd, tx_root=b"\x00" * 32), block.txs, block.evidence)
+    wrong_count = Block(dataclasses.replace(hd, num_txs=2), block.txs, block.evidence)
+    wrong_ev = Block(dataclasses.replace(hd, evidence_hash=merkle.EMPTY_ROOT), block.txs,
                      block.evidence)
     for b in (wrong_root, wrong_count, wrong_ev):
         assert Block.decode(b.encode()) == b  # well-formed bytes ...

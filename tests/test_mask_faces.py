@@ -96,3 +96,27 @@ def test_stage_in_pipeline(scene):
 
         assert_that(out | beam.Map(summary), equal_to([(0, False, ("detected",), True),
                                                          (1, True, ("whole_frame",), True)]))
+
+
+class _Face:
+    """A risk-enriched face as the recognition stages hand it over (duck-typed like TrackedFace)."""
+
+    def __init__(self, identity, risk, suspect=False, source="detected", subject_ref="ref-1"):
+        self.x, self.y, self.w, self.h, self.score = 150.0, 50.0, 120.0, 140.0, 0.9
+        self.track_id, self.identity, self.risk, self.suspect = 3, identity, risk, suspect
+        self.source, self.subject_ref = source, subject_ref
+
+
+def test_only_matched_detected_faces_use_their_risk(policy):
+    from pipelines.transforms.mask_faces import decide_face, face_decision
+
+    strongest = policy.strongest(120.0, 140.0)
+    for face in (_Face("unknown", None), _Face("ambiguous", None), _Face("stale", 95),
+                 _Face("matched", 95, source="gap_filled"), _Face("matched", None)):
+        assert decide_face(policy, face) == strongest, vars(face)
+    high = decide_face(policy, _Face("matched", 95, suspect=True))
+    assert high == policy.decide(120.0, 140.0, 95, True)
+    rec = face_decision(_Face("matched", 95, suspect=True), high)
+    assert (rec.track_id, rec.identity, rec.suspect) == (3, "matched", True)
+    assert rec.subject_ref == ("ref-1" if high.disclosed else None)
+    assert face_decision(_Face("unknown", None), strongest).subject_ref is None  # never for a masked face

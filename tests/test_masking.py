@@ -4,6 +4,8 @@ level of the default policy at several face sizes."""
 from __future__ import annotations
 
 import cv2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
@@ -128,3 +130,21 @@ def test_light_level_keeps_suspect_identifiable(models) -> None:
     assert decision.level == "light" and not decision.disclosed
     apply_mask(img, d.box, decision)
     assert float(clean @ recognizer.embed(img, [d])[0]) >= 0.6
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=st.floats(-80, 200), y=st.floats(-80, 150), w=st.floats(0, 150), h=st.floats(0, 150),
+       scale=st.floats(1.0, 2.0), mode=st.sampled_from(["gaussian", "pixelate", "solid"]),
+       shape=st.sampled_from(["box", "ellipse"]), strength=st.floats(0.5, 40))
+def test_any_box_changes_nothing_outside_its_region(x, y, w, h, scale, mode, shape, strength) -> None:
+    img = _noise(100, 140, seed=3)
+    orig = img.copy()
+    apply_mask(img, (x, y, w, h), MaskDecision(1, mode, shape, strength, 0, scale, False))
+    region = mask_region((x, y, w, h), scale, 140, 100)
+    changed = np.any(img != orig, axis=2)
+    if region is None:
+        assert not changed.any()
+    else:
+        x0, y0, x1, y1 = region
+        changed[y0:y1, x0:x1] = False
+        assert not changed.any()

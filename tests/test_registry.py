@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 import os
@@ -171,7 +172,6 @@ def test_anchor_index(service) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # Against a real 4-node cluster, through the `riskmask` command line (in-process main())
 
-import base64  # noqa: E402
 import json  # noqa: E402
 
 from ledger import keys as keyring  # noqa: E402
@@ -423,3 +423,32 @@ def test_cluster_kek_rotation_and_rewrap(env, photos, capsys) -> None:
     p, rec = c.find(privacy.Identity("Rotation Subject", "1990-01-02"))
     assert bytes.fromhex(rec["kek_id"]) == ring.active_kek
     c.close()
+
+
+def test_missing_key_repaired_from_peer(tmp_path) -> None:
+    """A node that missed the key upload lists the subject as missing and repairs it from a peer."""
+    stores = [Store(tmp_path / f"n{i}" / "ledger.db", CHAIN, hashlib.sha256(b"g").digest()) for i in range(2)]
+    svcs = [RegistryService(RegistryIndex(tmp_path / f"n{i}" / "registry.db"), stores[i]) for i in range(2)]
+    p = os.urandom(32)
+    reg, sealed = _sealed_tx(p, 1)
+    svcs[0].upload_key(p, sealed.wrapped_key)  # node 1 was down during the upload
+    for s in svcs:
+        s.apply_block(1, [(b"r" * 32, reg)])
+    assert svcs[0].missing_keys() == [] and svcs[1].missing_keys() == [(p, sealed.key_commitment)]
+    forged = privacy.wrap_data_key(KEK, KID, os.urandom(32), CHAIN, p)
+    assert svcs[1].repair_keys(lambda q: forged) == 0  # a key not matching the commitment is refused
+    assert stores[1].get_wrapped_key(p) is None
+    served = lambda q: base64.b64decode(svcs[0].subject_json(q)["wrapped_key"])  # noqa: E731
+    assert svcs[1].repair_keys(served) == 1
+    assert stores[1].get_wrapped_key(p) == sealed.wrapped_key and svcs[1].missing_keys() == []
+    assert _open(svcs[1], p).risk == 60
+    # erasure clears a still-missing entry too
+    p2 = os.urandom(32)
+    reg2, _ = _sealed_tx(p2, 1)
+    svcs[1].apply_block(2, [(b"s" * 32, reg2)])
+    assert svcs[1].missing_keys() == [(p2, svcs[1].index.subject(p2)["commitment"])]
+    svcs[1].apply_block(3, [(b"t" * 32, payloads.encode(EraseTx(pseudonym=p2, version=2)))])
+    assert svcs[1].missing_keys() == []
+    for s, st in zip(svcs, stores):
+        s.index.close()
+        st.close()

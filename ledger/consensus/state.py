@@ -123,7 +123,7 @@ class ConsensusState:
                 if not self.votes.get(msg.round, msg.type).has(msg):
                     self._add_vote(msg)
                 if msg.type == PRECOMMIT and msg.block_hash is not None and msg.round > self.locked_round:
-                    pass
+                    self.locked_round, self.locked_hash = msg.round, msg.block_hash
         rounds = [k[1] for k in self._signed if k[0] == self.height]
         if rounds:
             self.round = max(rounds)
@@ -187,15 +187,18 @@ class ConsensusState:
             out.append(RequestSync(self.height))
 
     def _on_vote(self, vote: Vote, out: list[Action]) -> None:
-        if vote.height != self.height:
-            if vote.height > self.height and vote.validator < self.n and self._note_ahead(vote.height, out):
-                self._future.append(vote)
-            return
-        if vote.validator >= self.n or vote.round > self.round + MAX_ROUNDS_AHEAD_VOTES:
-            return
         try:
             vote.validate_basic()
         except ValidationError:
+            return
+        if vote.height != self.height:
+            # Only validly signed messages may make this node buffer them or ask for sync.
+            if vote.height > self.height and vote.validator < self.n and \
+                    vote.verify(self.chain_id, self.public_keys[vote.validator], self.verifier) and \
+                    self._note_ahead(vote.height, out):
+                self._future.append(vote)
+            return
+        if vote.validator >= self.n or vote.round > self.round + MAX_ROUNDS_AHEAD_VOTES:
             return
         vs = self.votes.get(vote.round, vote.type)
         if vs.has(vote):
@@ -229,14 +232,19 @@ class ConsensusState:
 
     def _on_proposal(self, p: Proposal, out: list[Action]) -> None:
         stub = p.stub
+        try:
+            stub.validate_basic()
+        except ValidationError:
+            return
         if stub.height != self.height:
-            if stub.height > self.height and self._note_ahead(stub.height, out):
+            if stub.height > self.height and stub.proposer == proposer_index(stub.height, stub.round, self.n) \
+                    and stub.verify(self.chain_id, self.public_keys[stub.proposer], self.verifier) \
+                    and self._note_ahead(stub.height, out):
                 self._future.append(p)
             return
         if stub.round > self.round + MAX_ROUNDS_AHEAD_PROPOSALS or stub.proposer != self._proposer(stub.round):
             return
         try:
-            stub.validate_basic()
             if p.block.hash() != stub.block_hash or p.block.height != stub.height \
                     or p.block.header.round > stub.round:
                 return

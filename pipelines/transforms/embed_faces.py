@@ -14,7 +14,8 @@ after the unbounded Kafka source never fires):
 
 For each frame the tracker associates the detections with
 tracks; only faces of new tracks, or tracks due for re-verification, are aligned and embedded, in one batch;
-the others carry their track's held template. Tracks the detector missed for up to K frames come out as
+the others carry their track's held template, except in a crowd, where only a template of the frame itself
+counts (close faces can swap tracks). Tracks the detector missed for up to K frames come out as
 ``gap_filled`` faces with enlarged boxes, so they are still masked.
 
 The element's ``detections`` are replaced by :class:`~pipelines.tracking.TrackedFace` values. Fail closed:
@@ -106,14 +107,14 @@ def embed_batch(recognizer: Any, image: np.ndarray, dets: Sequence[Any]) -> list
 def track_and_embed(frame: Any, tracker: FaceTracker, recognizer: Any, config: EmbedConfig,
                     recognizer_id: str = "") -> tuple[Any, dict[str, int]]:
     """Advance ``tracker`` with ``frame`` and return the frame with tracked faces, plus counters."""
-    stats = {"embedded": 0, "held": 0, "gap_filled": 0, "embed_failed": 0, "too_small": 0}
+    stats = {"embedded": 0, "held": 0, "gap_filled": 0, "embed_failed": 0, "too_small": 0, "crowd_unverified": 0}
     if frame.degraded:
         return frame, stats  # the whole frame is masked downstream; keep the tracks as they are
     dets = list(frame.detections)
     try:
         step = tracker.step(frame.epoch, frame.seq, frame.width, frame.height, dets)
-    except TrackingError as exc:
-        logger.warning("tracking failed on %s: %s", frame.dedupe_key, exc)
+    except (TrackingError, TypeError, ValueError, AttributeError) as exc:
+        logger.warning("tracking failed on %s: %s", frame.dedupe_key, type(exc).__name__)
         return frame.replace(degraded=True, degraded_reason=f"{STAGE}: tracking failed"), stats
 
     to_embed = [a for a in step.assignments
@@ -144,6 +145,11 @@ def track_and_embed(frame: Any, tracker: FaceTracker, recognizer: Any, config: E
             emb, emb_seq, is_fresh = None, -1, False
             tracker.forget_embedding(a.track_id)
             stats["too_small"] += 1
+        elif a.crowded:
+            # Close faces can swap tracks between re-verifications: in a crowd only a template of this very
+            # frame may identify a face (the track is re-embedded every reverify_crowd_every frames).
+            emb, emb_seq, is_fresh = None, -1, False
+            stats["crowd_unverified"] += 1
         else:
             emb, emb_seq = tracker.held_embedding(a.track_id)
             is_fresh = False

@@ -116,6 +116,20 @@ class LedgerSyncFactory:
             rc.close()
 
 
+class WatchlistSourceFactory:
+    """Picklable ``source_factory`` for :class:`EnrichRisk`: the ledger watchlist when ``ledger_dir`` is set,
+    otherwise an empty watchlist that stays current (every face unknown: the strongest mask for all)."""
+
+    def __init__(self, ledger_dir: Optional[str] = None, keys_dir: Optional[str] = None,
+                 key_name: str = "pipeline") -> None:
+        self.ledger_dir, self.keys_dir, self.key_name = ledger_dir, keys_dir, key_name
+
+    def __call__(self) -> WatchlistSource:
+        if not self.ledger_dir:
+            return StaticWatchlistSource(WatchlistIndex.empty(height=0))
+        return LedgerWatchlistSource(LedgerSyncFactory(self.ledger_dir, self.key_name, self.keys_dir))
+
+
 def policy_decision(policy: Any, face: Any) -> Any:
     """The mask for one face: the subject's risk drives ``policy.decide`` only for a matched, detected face;
     everything else (unknown, ambiguous, stale, gap-filled, a bare detection) gets ``policy.strongest``."""
@@ -128,7 +142,7 @@ def policy_decision(policy: Any, face: Any) -> Any:
 def enrich_frame(frame: Any, index: WatchlistIndex, now: float, config: RiskConfig,
                  cache: Optional["OrderedDict[bytes, MatchResult]"] = None) -> tuple[Any, dict[str, int]]:
     """Attach identity/risk to every tracked face of ``frame`` and drop the embeddings."""
-    stats = {MATCHED: 0, AMBIGUOUS: 0, UNKNOWN: 0, STALE: 0}
+    stats = {MATCHED: 0, AMBIGUOUS: 0, UNKNOWN: 0, STALE: 0, "match_failed": 0}
     faces = list(frame.detections)
     stale = index.is_stale(now, config.max_staleness_s)
     need = [i for i, f in enumerate(faces) if isinstance(f, TrackedFace) and f.embedding is not None]
@@ -142,8 +156,13 @@ def enrich_frame(frame: Any, index: WatchlistIndex, now: float, config: RiskConf
                 results[i] = hit
             else:
                 misses.append(i)
+        matched: list[MatchResult] = []
         if misses:
-            matched = index.match(np.stack([faces[i].embedding for i in misses]), config.match)
+            try:
+                matched = index.match(np.stack([faces[i].embedding for i in misses]), config.match)
+            except Exception as exc:  # noqa: BLE001 - bad template or index: these faces stay unknown
+                logger.warning("matching failed on %s: %s", frame.dedupe_key, type(exc).__name__)
+                stats["match_failed"] = len(misses)
             for i, r in zip(misses, matched):
                 results[i] = r
                 if cache is not None:
@@ -223,7 +242,8 @@ class _EnrichRiskFn(beam.DoFn):
         self._refresher: Optional[_Refresher] = None
         self._cache: "OrderedDict[bytes, MatchResult]" = OrderedDict()
         self._cache_index: Optional[WatchlistIndex] = None
-        self._counters = {k: Metrics.counter(STAGE, f"faces_{k}") for k in (MATCHED, AMBIGUOUS, UNKNOWN, STALE)}
+        self._counters = {k: Metrics.counter(STAGE, f"faces_{k}")
+                          for k in (MATCHED, AMBIGUOUS, UNKNOWN, STALE, "match_failed")}
         self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def setup(self) -> None:

@@ -1,9 +1,11 @@
-"""MaskFaces stage: apply the policy's mask to every detected face and record a FaceDecision per face.
+"""MaskFaces stage: apply the policy's mask to every face and record a FaceDecision per face.
 
-Until recognition and the risk lookup run before this stage, every face is an unknown person, and an unknown
-person gets the policy's strongest mask (``Policy.decide(risk=None)`` == ``Policy.strongest``): the fail-closed
-rule. A degraded frame (detection failed) and any masking failure mask the whole frame and set ``degraded``.
-The input image is never modified: the stage masks a copy.
+The subject's risk and suspect flag drive the mask only for a face that recognition *matched* on a detected
+box (``identity == "matched"``, ``source == "detected"``, a risk set by EnrichRisk). Everything else (a bare
+detection when recognition does not run, an unknown, ambiguous or stale identity, a gap-filled track) is an
+unknown person and gets the policy's strongest mask: the fail-closed rule. A degraded frame (detection
+failed) and any masking failure mask the whole frame and set ``degraded``. The input image is never
+modified: the stage masks a copy.
 """
 
 from __future__ import annotations
@@ -27,6 +29,28 @@ def _whole_frame_decision(frame: FrameContext) -> FaceDecision:
                         identity="unknown")
 
 
+def decide_face(policy: Any, face: Any) -> Any:
+    """The MaskDecision for one face (a Detection or a tracked, risk-enriched face)."""
+    risk = getattr(face, "risk", None)
+    if (getattr(face, "identity", "unknown") != "matched" or getattr(face, "source", "detected") != "detected"
+            or risk is None):
+        return policy.decide(face.w, face.h, None, None)  # unknown subject -> strongest mask
+    return policy.decide(face.w, face.h, int(risk), bool(getattr(face, "suspect", False)))
+
+
+def face_decision(face: Any, decision: Any) -> FaceDecision:
+    """The audit record of what was done to one face (no template; a subject reference only if disclosed)."""
+    track = getattr(face, "track_id", None)
+    return FaceDecision(
+        x=int(round(face.x)), y=int(round(face.y)), w=int(round(face.w)), h=int(round(face.h)),
+        score=float(face.score), track_id=int(track) if track is not None else None,
+        source=str(getattr(face, "source", "detected")), identity=str(getattr(face, "identity", "unknown")),
+        risk_group=int(decision.risk_group), suspect=bool(getattr(face, "suspect", False)),
+        mode=str(decision.mode), shape=str(decision.shape), strength=float(decision.strength),
+        mask_scale=float(decision.mask_scale),
+        subject_ref=getattr(face, "subject_ref", None) if decision.disclosed else None)
+
+
 def mask_frame(policy: Any, frame: FrameContext) -> FrameContext:
     """The frame with every face masked (strongest mask for unknown faces) and its FaceDecision records."""
     from pipelines.masking import apply_mask, mask_whole_frame
@@ -36,14 +60,10 @@ def mask_frame(policy: Any, frame: FrameContext) -> FrameContext:
     degraded, reason = frame.degraded, frame.degraded_reason
     if not degraded:
         try:
-            for det in frame.detections:
-                decision = policy.decide(det.w, det.h, None, None)  # unknown subject -> strongest (fail closed)
-                apply_mask(image, (det.x, det.y, det.w, det.h), decision)
-                faces.append(FaceDecision(
-                    x=int(round(det.x)), y=int(round(det.y)), w=int(round(det.w)), h=int(round(det.h)),
-                    score=float(det.score), risk_group=int(decision.risk_group), mode=str(decision.mode),
-                    strength=float(decision.strength), source="detected", identity="unknown", suspect=False,
-                    shape=str(decision.shape), mask_scale=float(decision.mask_scale)))
+            for face in frame.detections:
+                decision = decide_face(policy, face)
+                apply_mask(image, (face.x, face.y, face.w, face.h), decision)
+                faces.append(face_decision(face, decision))
         except Exception as exc:  # a masking failure must not leak a face: mask everything instead
             logger.warning("masking failed on %s: %s; masking the whole frame", frame.source_ref,
                            type(exc).__name__)
