@@ -326,7 +326,9 @@ class Demo:
             self.state.audit["note"] = "no audit.blocks from the pipeline: only the ledger chain was verified"
         if not report.ok:
             raise DemoError(f"audit FAILED: {report.failure}")
-        return f"{verdict}: {report.summary()}"
+        extra = f", {report.audit_blocks} audit block(s)" if audit_msgs is not None else ""
+        return (f"{verdict}: {report.blocks} block(s) up to height {report.last_height}, {report.txs} tx(s), "
+                f"{report.anchors} anchor(s){extra}; every commit certificate and hash link verified")
 
     # -- pipeline process ----------------------------------------------------------------------------------
     def _start_pipeline(self, info: StackInfo, extra: list[str], log_path: Path) -> None:

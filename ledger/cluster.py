@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 CLIENT_ROLES = ("manager", "pipeline", "auditor")
 ENV_LEDGER_DIR = "RISKMASK_LEDGER_DIR"
+PORT_WAIT_S = 5.0
 
 
 class ClusterError(Exception):
@@ -58,11 +60,41 @@ def public_key_of(seed: bytes) -> bytes:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports free right now (bound to 0 together, then released)."""
-    socks, ports = [], []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free right now, preferably below the kernel's ephemeral range.
+
+    Cluster ports must stay free while a node is down (restarts reuse them); a port from the ephemeral range
+    can meanwhile be taken as the local port of any outgoing connection, so ports are drawn at random below
+    that range and checked by binding them. Falls back to kernel-assigned ports (bind to 0).
+    """
+    lo, _ = _ephemeral_range()
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    rng = random.SystemRandom()
+    try:
+        tries = 0
+        while len(ports) < n and lo > 12000 and tries < 50 * n:
+            tries += 1
+            port = rng.randrange(10000, lo)
+            if port in ports:
+                continue
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+            ports.append(port)
+        while len(ports) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind((host, 0))
             socks.append(s)
@@ -207,6 +239,9 @@ class Cluster:
         if pid is not None:
             return pid
         for port_addr in (self.genesis.validators[i].p2p_hostport, self.genesis.validators[i].api_hostport):
+            deadline = time.monotonic() + PORT_WAIT_S  # an outgoing connection may hold it for a moment
+            while not _port_free(*port_addr) and time.monotonic() < deadline:
+                time.sleep(0.2)
             if not _port_free(*port_addr):
                 raise ClusterError(f"node {i} cannot start: {port_addr[0]}:{port_addr[1]} is in use "
                                    "by another process")

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import collections
 import concurrent.futures
+import errno
 import logging
 import os
 import signal
@@ -142,9 +143,9 @@ class LedgerNode:
             self._quiet_through = -1
         self.consensus = self._make_consensus()
         host, port = p2p_host_port(self.cfg.p2p_listen)
-        await self.p2p.start(host, port)
+        await _retry_bind(lambda: self.p2p.start(host, port))
         ahost, aport = p2p_host_port(self.cfg.api_listen)
-        await self.api.start(ahost, aport)
+        await _retry_bind(lambda: self.api.start(ahost, aport))
         self._execute(self.consensus.start())
         self._drain()
         loop = asyncio.get_running_loop()
@@ -571,6 +572,18 @@ class LedgerNode:
         return [{"height": e["height"], "validator": e["validator"], "kind": e["kind"],
                  "data": base64.b64encode(e["data"]).decode(), "time_ms": e["time_ms"]}
                 for e in self.store.list_evidence()]
+
+
+async def _retry_bind(start: Any, wait_s: float = 10.0) -> Any:
+    """Bind, retrying while the port is briefly held (e.g. as the local port of an outgoing connection)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def p2p_host_port(addr: str) -> tuple[str, int]:

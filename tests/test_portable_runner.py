@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 
-from infra.portable import PortableInfo, PortableServices, group_members
+from infra.portable import PortableInfo, PortableServices, PortableUsageError, child_env, group_members
 from pipeline_support import TopicReader, camera_frame, face_similarity, header, scenes, send_raw
 from pipelines.frame import DEDUPE_HEADER
 from schemas.messages import DeadLetter, RedactedFrame
@@ -225,6 +225,36 @@ def test_work_ran_in_a_separate_worker_process(portable_run):
 
 def test_offsets_committed_by_bundle_finalization(portable_run):
     assert portable_run.committed == portable_run.end_offset
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) of sockets listening on ``port``."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                out.add(addr)
+    return out
+
+
+def test_services_listen_on_loopback_only(services):
+    _, info = services
+    # 127.0.0.1, ::1 and ::ffff:127.0.0.1 (gRPC listens on IPv4 addresses through dual-stack sockets)
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+    for port in (info.job.port, info.pool.port):
+        addrs = _listen_addresses(port)
+        assert addrs and addrs <= loopback, (port, addrs)
+
+
+def test_second_start_is_refused_and_interpreter_is_checked(services, tmp_path):
+    svc, info = services
+    with pytest.raises(PortableUsageError, match="already run"):
+        PortableServices(svc.state_dir).start(timeout_s=5)
+    assert PortableServices(svc.state_dir).info() == info  # another process finds the running pair
+    with pytest.raises(PortableUsageError, match="virtual environment"):
+        child_env(str(tmp_path / "bin" / "python3"))
 
 
 def test_stop_leaves_no_process(services, portable_run):
