@@ -121,6 +121,8 @@ def _up(args: argparse.Namespace) -> int:
     from infra.stack import Stack, StackError
 
     _quiet_kafka_logs(args)
+    if not getattr(args, "debug", False):
+        logging.getLogger("ledger").setLevel(logging.WARNING)  # the progress lines say what happens
     stack = Stack(args.home)
     owner = stack.owner()
     if stack.running() and owner != 0 and stack.owner_alive():

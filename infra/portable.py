@@ -247,12 +247,13 @@ class PortableServices:
             return None
 
     def worker_pids(self, info: PortableInfo) -> list[int]:
-        """Pids of every SDK worker the pool has started so far (from its log)."""
+        """Pids of every SDK worker this pool has started so far (from its log)."""
         pids = []
         try:
             text = Path(info.pool.log_file).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return []
+        text = text[text.rfind("\n--- ") + 1:]  # the log is appended to: only this start's part
         for line in text.splitlines():
             if WORKER_STARTED in line and " pid=" in line:
                 pids.append(int(line.rpartition(" pid=")[2].split()[0]))

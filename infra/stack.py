@@ -95,6 +95,7 @@ def _noop(_: str) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; an exited child not yet reaped (a zombie) does not count."""
     if pid <= 0:
         return False
     try:
@@ -103,7 +104,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 class Stack:
@@ -113,6 +117,7 @@ class Stack:
         self.paths = StackPaths(stack_root(root).resolve())
         self.validators = validators
         self.broker = embedded.EmbeddedBroker(state_dir=self.paths.broker)
+        self._cluster_obj = None  # one instance, so that it reaps the node processes it started
 
     # -- recorded state ------------------------------------------------------------------------------------
     def recorded(self) -> Optional[dict]:
@@ -154,10 +159,12 @@ class Stack:
     def _cluster(self):
         from ledger.cluster import Cluster, ClusterError
 
-        try:
-            return Cluster(self.paths.ledger)
-        except ClusterError as exc:
-            raise StackError(f"{exc}; delete {self.paths.ledger} to start a fresh chain") from None
+        if self._cluster_obj is None:
+            try:
+                self._cluster_obj = Cluster(self.paths.ledger)
+            except ClusterError as exc:
+                raise StackError(f"{exc}; delete {self.paths.ledger} to start a fresh chain") from None
+        return self._cluster_obj
 
     def running(self) -> bool:
         """True when the broker and every ledger node process are alive."""

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,6 +51,17 @@ MAX_FUTURE_MS = 10_000
 MERKLE_CACHE = 16
 MAX_PENDING_EVIDENCE = 1000
 ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
+
+
+_START = object()  # queue marker: run ConsensusState.start()
+
+
+@dataclass(frozen=True)
+class _SyncDone:
+    """Queue marker after a batch of synced blocks: check it was applied, fetch more if peers are ahead."""
+
+    peer: int
+    upto: int
 
 
 def now_ms() -> int:
@@ -88,7 +100,8 @@ class LedgerNode:
             self.byzantine = Byzantine(self)
         self.consensus: Optional[ConsensusState] = None
         self._events: collections.deque = collections.deque()
-        self._busy = False
+        self._drain_task: Optional[asyncio.Task] = None
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         self._gossip: list[bytes] = []
         self._tasks: list[asyncio.Task] = []
         self._peer_heights: dict[int, int] = {}
@@ -146,8 +159,8 @@ class LedgerNode:
         await _retry_bind(lambda: self.p2p.start(host, port))
         ahost, aport = p2p_host_port(self.cfg.api_listen)
         await _retry_bind(lambda: self.api.start(ahost, aport))
-        self._execute(self.consensus.start())
-        self._drain()
+        self._events.appendleft(_START)  # before anything peers sent meanwhile
+        self._kick()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._status_loop()), loop.create_task(self._gossip_loop())]
         logger.info("node %d started at height %d (chain %s, p2p %s, api %s)", self.cfg.index, tip.height,
@@ -159,6 +172,10 @@ class LedgerNode:
             t.cancel()
         await self.api.stop()
         await self.p2p.stop()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            await asyncio.gather(self._drain_task, return_exceptions=True)
+        self._io.shutdown(wait=True)
         self._registry_pool.shutdown(wait=True)
         if self.registry is not None:
             self.registry.index.close()
@@ -166,27 +183,37 @@ class LedgerNode:
 
     # -- the event loop around the state machine --------------------------------------------------------
     def feed(self, event: Any) -> None:
-        """Queue an input event and process the queue (events never interleave)."""
+        """Queue an input event; one drain task handles the queue, one event at a time, in order."""
         self._events.append(event)
-        self._drain()
+        self._kick()
 
-    def _drain(self) -> None:
-        if self._busy or self.consensus is None:
-            return
-        self._busy = True
+    def _kick(self) -> None:
+        if self._drain_task is None and self.consensus is not None and not self._closing:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
         try:
             while self._events and not self._closing:
                 ev = self._events.popleft()
-                self._execute(self.consensus.handle(ev))
+                if ev is _START:
+                    actions = self.consensus.start()
+                elif isinstance(ev, _SyncDone):
+                    self._sync_done(ev)
+                    continue
+                else:
+                    actions = self.consensus.handle(ev)
+                await self._execute(actions)
                 if self._consensus_reset:
                     self._restart_consensus()
         except (StoreError, LedgerError) as exc:
             self._die(f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # a bug must stop the node, never leave it half-applied
             logger.exception("consensus step failed")
             self._die(f"internal error: {exc}")
         finally:
-            self._busy = False
+            self._drain_task = None
 
     def _make_consensus(self) -> ConsensusState:
         tip = self._tip()
@@ -201,7 +228,7 @@ class LedgerNode:
         self._events.clear()
         self.consensus = self._make_consensus()
         self._sync_inflight = None
-        self._execute(self.consensus.start())
+        self._events.append(_START)
         self._request_sync(self.store.height + 1)
 
     def _die(self, reason: str) -> None:
@@ -213,12 +240,15 @@ class LedgerNode:
         if self.stop_event is not None:
             self.stop_event.set()
 
-    def _execute(self, actions: list) -> None:
+    async def _execute(self, actions: list) -> None:
+        loop = asyncio.get_running_loop()
         for a in actions:
             if self._consensus_reset:
                 return  # the rest belongs to a decision we refused
             if isinstance(a, PersistSigned):
-                self.store.save_signed(a.height, a.round, a.step, a.data)
+                # Durable before anything later runs; the fsync happens off the loop so the API and p2p
+                # keep being served meanwhile.
+                await loop.run_in_executor(self._io, self.store.save_signed, a.height, a.round, a.step, a.data)
             elif isinstance(a, Broadcast):
                 if self._is_quiet():
                     continue
@@ -231,7 +261,7 @@ class LedgerNode:
                 asyncio.get_running_loop().call_later(a.duration_s, self._fire,
                                                       TimeoutFired(a.kind, a.height, a.round))
             elif isinstance(a, Decide):
-                self._commit(a.block, a.certificate)
+                await self._commit(a.block, a.certificate)
             elif isinstance(a, RecordEvidence):
                 self._record_evidence(a.evidence)
             elif isinstance(a, RequestSync):
@@ -266,7 +296,7 @@ class LedgerNode:
             self.feed(ev)
 
     # -- decisions -----------------------------------------------------------------------------------------
-    def _commit(self, block: Block, cert: CommitCertificate) -> None:
+    async def _commit(self, block: Block, cert: CommitCertificate) -> None:
         h = block.header.height
         try:  # defence in depth: never store a block whose certificate an auditor would reject
             verify_commit(cert, self.chain_id, self.public_keys, block.hash(), h, self.verifier)
@@ -277,7 +307,9 @@ class LedgerNode:
             self._consensus_reset = True
             return
         hashes = [tx.hash() for tx in block.txs]
-        self.store.save_block(h, block.hash(), block.header.timestamp_ms, block.encode(), cert.encode(), hashes)
+        await asyncio.get_running_loop().run_in_executor(
+            self._io, self.store.save_block, h, block.hash(), block.header.timestamp_ms, block.encode(),
+            cert.encode(), hashes)
         self._last_hash, self._last_time = block.hash(), block.header.timestamp_ms
         self.mempool.remove(hashes)
         for ev in block.evidence:
@@ -495,24 +527,28 @@ class LedgerNode:
         return sync.encode_response(items)
 
     def _on_sync_response(self, peer: int, items: list[tuple[bytes, bytes]]) -> None:
+        """Queue the blocks that extend our chain (consensus verifies each certificate), then check progress."""
         self._sync_inflight = None
-        applied = 0
+        expect = self.store.height + 1
+        fed = 0
         for braw, craw in items:
             block = Block.decode(braw)
-            cert = CommitCertificate.decode(craw)
             h = block.header.height
-            if h <= self.store.height:
+            if h < expect:
                 continue
-            if h != self.store.height + 1:
+            if h != expect:
                 break
-            before = self.store.height
-            self.feed(CommitReceived(block, cert))
-            if self.store.height == before:
-                logger.warning("sync: block %d from validator %d was not accepted", h, peer)
-                break
-            applied += 1
-        if applied and self._peer_heights.get(peer, 0) > self.store.height:
-            self._request_sync(self.store.height + 1, prefer=peer)
+            self.feed(CommitReceived(block, CommitCertificate.decode(craw)))
+            expect += 1
+            fed += 1
+        if fed:
+            self.feed(_SyncDone(peer, expect - 1))
+
+    def _sync_done(self, ev: "_SyncDone") -> None:
+        if self.store.height < ev.upto:
+            logger.warning("sync: block %d from validator %d was not accepted", self.store.height + 1, ev.peer)
+        elif self._peer_heights.get(ev.peer, 0) > self.store.height:
+            self._request_sync(self.store.height + 1, prefer=ev.peer)
 
     # -- the API's view ----------------------------------------------------------------------------------------
     @property

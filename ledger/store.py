@@ -100,12 +100,14 @@ def _digest(block: bytes, cert: bytes) -> bytes:
 
 
 class Store:
-    """One node's SQLite database. Thread-safe (one connection guarded by a lock); calls are short."""
+    """One node's SQLite database. Thread-safe: one writer connection and one reader connection, each
+    guarded by its lock, so reads from the event loop never wait for a write's fsync on another thread."""
 
     def __init__(self, path: Path, chain_id: str, genesis_hash: bytes) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer connection
+        self._rlock = threading.Lock()  # the reader connection
         try:
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -117,17 +119,22 @@ class Store:
                 raise StoreCorrupt(f"ledger database {self.path} failed its integrity check: {ok}")
             self._db.executescript(_SCHEMA)
             self._check_meta(chain_id, genesis_hash)
+            # Readers get their own connection: in WAL mode they never wait for a writer's fsync.
+            self._rdb = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._rdb.execute("PRAGMA query_only=ON")
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"ledger database {self.path} is unreadable or corrupt: {exc}") from None
         self._height = self._load_height()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
+        with self._lock, self._rlock:
+            for db in (self._db, getattr(self, "_rdb", None)):
+                try:
+                    if db is not None:
+                        db.close()
+                except sqlite3.Error:
+                    pass
 
     def _check_meta(self, chain_id: str, genesis_hash: bytes) -> None:
         rows = dict(self._db.execute("SELECT k, v FROM meta").fetchall())
@@ -169,6 +176,14 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.IntegrityError):
                     raise StoreConflict(str(exc)) from None
+                raise StoreCorrupt(f"ledger database {self.path}: {exc}") from None
+
+    def _read(self, fn):
+        """Run ``fn(reader_connection)``; SQLite damage becomes StoreCorrupt."""
+        with self._rlock:
+            try:
+                return fn(self._rdb)
+            except sqlite3.DatabaseError as exc:
                 raise StoreCorrupt(f"ledger database {self.path}: {exc}") from None
 
     # -- blocks ------------------------------------------------------------------------------------------
@@ -214,29 +229,29 @@ class Store:
         return StoredBlock(int(height), bytes(bhash), int(time_ms), int(n_txs), block, cert)
 
     def get_block(self, height: int) -> Optional[StoredBlock]:
-        row = self._run(lambda: self._db.execute(
+        row = self._read(lambda db: db.execute(
             "SELECT height, hash, time_ms, n_txs, block, cert, digest FROM blocks WHERE height=?",
             (height,)).fetchone())
         return None if row is None else self._row_to_block(row)
 
     def get_blocks(self, start: int, end: int) -> list[StoredBlock]:
         """Blocks with start <= height <= end, ascending."""
-        rows = self._run(lambda: self._db.execute(
+        rows = self._read(lambda db: db.execute(
             "SELECT height, hash, time_ms, n_txs, block, cert, digest FROM blocks "
             "WHERE height BETWEEN ? AND ? ORDER BY height", (start, end)).fetchall())
         return [self._row_to_block(r) for r in rows]
 
     def block_hashes(self) -> Iterator[tuple[int, bytes]]:
-        rows = self._run(lambda: self._db.execute("SELECT height, hash FROM blocks ORDER BY height").fetchall())
+        rows = self._read(lambda db: db.execute("SELECT height, hash FROM blocks ORDER BY height").fetchall())
         return ((int(h), bytes(x)) for h, x in rows)
 
     def last_block_time(self) -> int:
-        row = self._run(lambda: self._db.execute(
+        row = self._read(lambda db: db.execute(
             "SELECT time_ms FROM blocks ORDER BY height DESC LIMIT 1").fetchone())
         return int(row[0]) if row else 0
 
     def tx_location(self, tx_hash: bytes) -> Optional[tuple[int, int]]:
-        row = self._run(lambda: self._db.execute(
+        row = self._read(lambda db: db.execute(
             "SELECT height, idx FROM txs WHERE hash=?", (tx_hash,)).fetchone())
         return None if row is None else (int(row[0]), int(row[1]))
 
@@ -245,13 +260,13 @@ class Store:
         hs = list(tx_hashes)
         found: set[bytes] = set()
 
-        def op() -> None:
+        def op(db: sqlite3.Connection) -> None:
             for i in range(0, len(hs), 500):
                 chunk = hs[i:i + 500]
                 q = "SELECT hash FROM txs WHERE hash IN (%s)" % ",".join("?" * len(chunk))
-                found.update(bytes(r[0]) for r in self._db.execute(q, chunk))
+                found.update(bytes(r[0]) for r in db.execute(q, chunk))
 
-        self._run(op)
+        self._read(op)
         return found
 
     # -- signed votes (double-sign protection) --------------------------------------------------------------
@@ -265,14 +280,14 @@ class Store:
         self._run(op)
 
     def get_signed(self, height: int, round_: int, step: int) -> Optional[bytes]:
-        row = self._run(lambda: self._db.execute(
+        row = self._read(lambda db: db.execute(
             "SELECT msg FROM signed_votes WHERE height=? AND round=? AND step=?",
             (height, round_, step)).fetchone())
         return None if row is None else bytes(row[0])
 
     def signed_from(self, height: int) -> list[tuple[int, int, int, bytes]]:
         """Every signed message at or above ``height`` (replayed into consensus after a restart)."""
-        rows = self._run(lambda: self._db.execute(
+        rows = self._read(lambda db: db.execute(
             "SELECT height, round, step, msg FROM signed_votes WHERE height >= ? ORDER BY height, round, step",
             (height,)).fetchall())
         return [(int(h), int(r), int(s), bytes(m)) for h, r, s, m in rows]
@@ -289,7 +304,7 @@ class Store:
         return self._run(op)
 
     def list_evidence(self, limit: int = 1000) -> list[dict]:
-        rows = self._run(lambda: self._db.execute(
+        rows = self._read(lambda db: db.execute(
             "SELECT id, height, validator, kind, data, time_ms FROM evidence ORDER BY id LIMIT ?",
             (limit,)).fetchall())
         return [{"id": int(i), "height": int(h), "validator": int(v), "kind": k, "data": bytes(d),
@@ -306,7 +321,7 @@ class Store:
         self._run(op)
 
     def get_wrapped_key(self, subject: bytes) -> Optional[bytes]:
-        row = self._run(lambda: self._db.execute(
+        row = self._read(lambda db: db.execute(
             "SELECT wrapped FROM wrapped_keys WHERE subject=?", (subject,)).fetchone())
         return None if row is None else bytes(row[0])
 

@@ -157,8 +157,9 @@ class ProposalStub:
     def signing_bytes(self) -> bytes:
         if len(self.block_hash) != HASH_LEN:
             raise ValidationError("block hash must be 32 bytes")
+        # pol_round is stored as pol_round + 1 (u32): -1 (none) -> 0, any round below ``round`` fits.
         return b"".join((codec.u8(codec.TAG_PROPOSAL_STUB), codec.u64(self.height), codec.u32(self.round),
-                         codec.i32(self.pol_round), self.block_hash, codec.u16(self.proposer)))
+                         codec.u32(self.pol_round + 1), self.block_hash, codec.u16(self.proposer)))
 
     def encode(self) -> bytes:
         _check_sig(self.signature, "proposal")
@@ -175,9 +176,7 @@ class ProposalStub:
     @classmethod
     def _read(cls, r: Reader) -> "ProposalStub":
         r.tag(codec.TAG_PROPOSAL_STUB, "proposal stub")
-        height, round_, pol = r.u64(), r.u32(), r.i32()
-        if pol < -1:
-            raise DecodeError(f"pol_round {pol} < -1")
+        height, round_, pol = r.u64(), r.u32(), r.u32() - 1
         return cls(height, round_, pol, r.raw(HASH_LEN), r.u16(), r.raw(SIG))
 
     def validate_basic(self) -> None:

@@ -155,3 +155,17 @@ def test_stages_compose_from_kafka_records_to_audit_blocks() -> None:
                    | MaskFaces("default") | Encode())
         assert_that(encoded["redacted"], check_redacted, label="redacted")
         assert_that(encoded["redacted"] | Audit(FlushRule(max_records=4)), check_blocks, label="blocks")
+
+
+def test_audit_from_options() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.transforms.audit import audit_from_options
+
+    a = audit_from_options(SimpleNamespace())
+    assert a._rule == FlushRule() and a._anchorer is None
+    b = audit_from_options(SimpleNamespace(audit_block_records=10, audit_block_seconds=2.5,
+                                           anchor_audit_blocks=True, ledger_dir="/tmp/ledger"))
+    assert b._rule == FlushRule(10, 2_500_000) and b._anchorer.ledger_dir == "/tmp/ledger"
+    with pytest.raises(ValueError):
+        audit_from_options(SimpleNamespace(anchor_audit_blocks=True))

@@ -389,3 +389,23 @@ def test_a_matching_failure_leaves_faces_unknown(index: WatchlistIndex) -> None:
     out, stats = enrich_frame(frame_of(bad), index, 1001.0, RiskConfig())
     assert out.detections[0].identity == UNKNOWN and out.detections[0].embedding is None
     assert stats["match_failed"] == 1
+
+
+def test_recognition_from_options(tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    import apache_beam as beam
+
+    from pipelines.transforms.enrich_risk import recognition_from_options
+
+    key = tmp_path / "ref.key"
+    key.write_bytes(b"k" * 32 + b"\n")
+    chain = recognition_from_options(SimpleNamespace(match_threshold=0.6, match_margin=0.1, track_max_gap=3,
+                                                     subject_ref_key_file=str(key)))
+    assert isinstance(chain, beam.PTransform)
+    embed, enrich = chain._parts
+    assert embed._config.tracker.max_gap == 3 and embed._config.state == "instance"
+    cfg = enrich._fn._config
+    assert (cfg.match.threshold, cfg.match.margin, cfg.subject_ref_key) == (0.6, 0.1, b"k" * 32)
+    with pytest.raises(ValueError):
+        recognition_from_options(SimpleNamespace(watchlist_max_staleness_s=1.0, watchlist_sync_interval_s=5.0))

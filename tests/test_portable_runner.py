@@ -268,3 +268,57 @@ def test_stop_leaves_no_process(services, portable_run):
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     assert svc.info() is None and not svc.state_file.exists()
+
+
+def test_streaming_job_reads_continuously_and_commits(kafka_bootstrap, tmp_path):
+    """Unbounded mode through the same path: the source self-checkpoints, the job keeps running, later
+    frames come out too, and offsets are committed while it runs (the local job service finalizes bundles
+    as they finish; Flink would after each checkpoint)."""
+    from infra import broker as embedded
+
+    svc = PortableServices(tmp_path / "portable")
+    info = svc.start(timeout_s=120, die_with_parent=True)
+    tag = uuid.uuid4().hex[:8]
+    raw, redacted, dlq, group = f"raw-{tag}", f"red-{tag}", f"dlq-{tag}", f"g-{tag}"
+    embedded.create_topics(kafka_bootstrap, [raw, redacted, dlq])
+    base = scenes(4, faces_per_frame=2, min_width=24, max_width=160, size=(640, 360), seed=11)
+    values = [(CAMERA.encode(), camera_frame(base[i % 4].image, seq=i, camera_id=CAMERA, epoch=EPOCH).to_bytes())
+              for i in range(16)]
+    log = tmp_path / "run.log"
+    cmd = [str(Path(sys.executable).with_name("riskmask")), "run", *info.riskmask_args(),
+           "--checkpointing-interval", "10000", "--bootstrap-servers", kafka_bootstrap, "--raw-topic", raw,
+           "--redacted-topic", redacted, "--dlq-topic", dlq, "--group-id", group, "--max-records-per-bundle", "4"]
+    out = TopicReader(kafka_bootstrap, redacted)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    alive = lambda: proc.poll() is None  # noqa: E731
+    try:
+        t0 = time.monotonic()
+        send_raw(kafka_bootstrap, raw, values[:8])
+        out.poll_until(lambda r: len(r) >= 8, 150, alive)
+        first = time.monotonic() - t0
+        assert alive() and len(out.records) >= 8, log.read_text(errors="replace")[-3000:]
+        t1 = time.monotonic()
+        send_raw(kafka_bootstrap, raw, values[8:])
+        got = out.poll_until(lambda r: len(r) >= 16, 120, alive)
+        second = time.monotonic() - t1
+        assert alive(), log.read_text(errors="replace")[-3000:]
+        keys = Counter(header(m, DEDUPE_HEADER) for m in got)
+        assert keys == Counter({f"{CAMERA}/{EPOCH}/{i}": 1 for i in range(16)})
+        committed = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and committed != len(values):
+            committed = _committed(kafka_bootstrap, raw, group)
+            time.sleep(0.5)
+        assert committed == len(values)
+        workers = svc.worker_pids(info)
+        assert workers and not set(workers) & {os.getpid(), proc.pid, info.job.pid, info.pool.pid}
+        logger.info("portable streaming: first 8 frames %.1f s after submit, next 8 in %.1f s", first, second)
+    finally:
+        out.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        svc.stop()  # the job outlives its submitter (as on Flink); stopping the services ends it
+    assert group_members(info.job.pid) == [] and group_members(info.pool.pid) == []

@@ -205,7 +205,9 @@ class ConsensusState:
             prior = vs.by_value[vote.block_hash][vote.validator]
             if prior == vote:
                 return  # duplicate delivery: no second verification
-        if not vs.can_add(vote.validator):
+        if not vs.can_add(vote.validator) and vote.block_hash is not None and vote.block_hash not in self.blocks:
+            # An equivocator may flood values; past a few per round only nil and proposed blocks (a bounded
+            # set) are still counted, so its vote inside a relayed polka is never crowded out.
             return
         if not vote.verify(self.chain_id, self.public_keys[vote.validator], self.verifier):
             logger.debug("dropping vote with a bad signature from validator %s", vote.validator)

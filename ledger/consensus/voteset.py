@@ -12,7 +12,7 @@ from typing import Optional
 
 from ledger.types import PRECOMMIT, PREVOTE, Vote
 
-MAX_VALUES_PER_VALIDATOR = 3  # an equivocator cannot make us store unbounded conflicting votes
+MAX_VALUES_PER_VALIDATOR = 3  # beyond this, only nil and proposed blocks are counted (see ConsensusState)
 
 
 class VoteSet:

@@ -145,3 +145,21 @@ class Audit(beam.PTransform):
         records = (encoded | "AuditRecord" >> beam.ParDo(_RecordFn())
                    .with_output_types(beam.typehints.Tuple[str, AuditRecord]))
         return records | "ChainBlocks" >> beam.ParDo(_AuditChainFn(self._rule, self._anchorer))
+
+
+def audit_from_options(opts: Any) -> "Audit":
+    """:class:`Audit` from pipeline options (defaults for options not defined): audit_block_records,
+    audit_block_seconds, and anchor_audit_blocks with ledger_dir (anchor each block with the pipeline key)."""
+    def opt(name: str, default: Any) -> Any:
+        value = getattr(opts, name, None)
+        return default if value is None else value
+
+    rule = FlushRule(max_records=int(opt("audit_block_records", 250)),
+                     max_window_us=int(float(opt("audit_block_seconds", 10.0)) * 1_000_000))
+    anchorer = None
+    if opt("anchor_audit_blocks", False):
+        ledger_dir = opt("ledger_dir", None)
+        if not ledger_dir:
+            raise ValueError("anchoring audit blocks needs --ledger_dir")
+        anchorer = LedgerAnchorer(str(ledger_dir))
+    return Audit(rule, anchorer)

@@ -285,3 +285,36 @@ class EnrichRisk(beam.PTransform):
     def expand(self, frames: beam.PCollection) -> beam.PCollection:
         return frames | "MatchWatchlist" >> beam.ParDo(self._fn)
 
+
+
+def _opt(opts: Any, name: str, default: Any) -> Any:
+    value = getattr(opts, name, None)
+    return default if value is None else value
+
+
+def recognition_from_options(opts: Any, recognizer_factory: Optional[Callable[[], Any]] = None,
+                             source_factory: Optional[Callable[[], WatchlistSource]] = None) -> beam.PTransform:
+    """``EmbedFaces | EnrichRisk`` configured from pipeline options (defaults for options not defined):
+    recognizer_threads, min_face_px, track_state, track_max_gap, reverify_every, match_threshold,
+    match_margin, watchlist_max_staleness_s, watchlist_sync_interval_s, ledger_dir, keys_dir,
+    subject_ref_key_file. Without ``ledger_dir`` the watchlist is empty: every face gets the strongest mask."""
+    from pipelines.tracking import TrackerConfig
+    from pipelines.transforms.embed_faces import EmbedConfig, EmbedFaces
+
+    embed = EmbedConfig(tracker=TrackerConfig(max_gap=int(_opt(opts, "track_max_gap", 5)),
+                                              reverify_every=int(_opt(opts, "reverify_every", 25))),
+                        min_face_px=int(_opt(opts, "min_face_px", 24)),
+                        recognizer_threads=int(_opt(opts, "recognizer_threads", 1)),
+                        state=str(_opt(opts, "track_state", "instance")))
+    ref_key = None
+    key_file = _opt(opts, "subject_ref_key_file", None)
+    if key_file:
+        with open(key_file, "rb") as fh:
+            ref_key = fh.read().strip()
+    risk = RiskConfig(match=MatchConfig(float(_opt(opts, "match_threshold", MatchConfig().threshold)),
+                                        float(_opt(opts, "match_margin", MatchConfig().margin))),
+                      max_staleness_s=float(_opt(opts, "watchlist_max_staleness_s", 30.0)),
+                      sync_interval_s=float(_opt(opts, "watchlist_sync_interval_s", 5.0)),
+                      subject_ref_key=ref_key or None)
+    source = source_factory or WatchlistSourceFactory(_opt(opts, "ledger_dir", None), _opt(opts, "keys_dir", None))
+    return EmbedFaces(embed, recognizer_factory) | EnrichRisk(source, risk)
