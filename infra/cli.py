@@ -193,6 +193,9 @@ def _register_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--size", type=_size, default=(1280, 720), help="frame size WxH (default: 1280x720)")
     p.add_argument("--fps", type=float, default=10.0,
                    help="camera pace of the clip in frames per second; 0 = as fast as possible (default 10)")
+    p.add_argument("--bounded", action="store_true",
+                   help="produce the whole clip first, then replay it with `riskmask run --bounded` (measures "
+                        "throughput; latency then includes the wait in frames.raw)")
     p.add_argument("--keep-stack", action="store_true", help="leave a stack the demo started running")
     p.set_defaults(func=_demo)
 
@@ -208,7 +211,7 @@ def _demo(args: argparse.Namespace) -> int:
         for name in ("apache_beam", "infra", "ledger", "pipelines"):
             logging.getLogger(name).setLevel(logging.WARNING)  # the demo prints its own progress lines
     config = DemoConfig(out_dir=Path(args.out), root=Path(args.home) if args.home else None, frames=args.frames,
-                        size=args.size, fps=args.fps, keep_stack=args.keep_stack)
+                        size=args.size, fps=args.fps, keep_stack=args.keep_stack, bounded=args.bounded)
     summary = Demo(config, progress=lambda m: print(m, flush=True)).run()
     print()
     print(table(summary))

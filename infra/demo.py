@@ -24,15 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from infra import demo_report
+from infra.demo_pipeline import Collector, DemoError, PipelineProcess, pipeline_ledger_args
 from infra.stack import Stack, StackError, StackInfo
 from riskmask.errors import ServiceError, UserError
 
@@ -41,12 +39,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 CAMERA_ID = "demo-cam-1"
 WARMUP_CAMERA_ID = "demo-warmup"
-GROUP_ID = "riskmask-demo"
-RAW, REDACTED, DLQ, AUDIT, LEDGER = "frames.raw", "frames.redacted", "frames.dlq", "audit.blocks", "ledger.blocks"
-
-
-class DemoError(ServiceError):
-    """A step the demo cannot do without (stack, sample data, pipeline start) failed; one line says why."""
+RAW, AUDIT, LEDGER = "frames.raw", "audit.blocks", "ledger.blocks"
 
 
 @dataclass
@@ -60,6 +53,7 @@ class DemoConfig:
     startup_timeout_s: float = 240.0
     drain_timeout_s: float = 240.0
     keep_stack: bool = False  # leave a stack the demo started running (like `riskmask up`)
+    bounded: bool = False  # replay the clip with `riskmask run --bounded` instead of a live streaming run
 
     def validate(self) -> None:
         if not 2 <= self.frames <= 5000:
@@ -99,6 +93,8 @@ class DemoState:
     ledger_height: Optional[int] = None
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    missing: list[StepResult] = field(default_factory=list)  # parts found absent while a step ran
+    anchoring: bool = False  # the pipeline was asked to anchor its audit blocks on the ledger
 
 
 class Demo:
@@ -110,7 +106,7 @@ class Demo:
         self.progress = progress
         self.state = DemoState()
         self.steps: list[StepResult] = []
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: Optional[PipelineProcess] = None
         self._stack = Stack(config.root)
         self._t0 = time.monotonic()
 
@@ -151,11 +147,13 @@ class Demo:
         except KeyboardInterrupt:
             self.steps.append(StepResult(name, "interrupted", time.monotonic() - t0, "Ctrl-C"))
             raise
-        except (UserError, ServiceError) as exc:
+        except Exception as exc:  # an optional step's failure is reported, and the demo goes on without it
+            text = str(exc) if isinstance(exc, (UserError, ServiceError)) else f"{type(exc).__name__}: {exc}"
             if required:
-                self.steps.append(StepResult(name, "failed", time.monotonic() - t0, str(exc)))
+                self.steps.append(StepResult(name, "failed", time.monotonic() - t0, text))
                 raise
-            status, detail = "failed", str(exc)
+            logger.debug("step %s failed", name, exc_info=True)
+            status, detail = "failed", text
         dt = time.monotonic() - t0
         self.steps.append(StepResult(name, status, dt, detail))
         self.progress(f"      {status} in {dt:.1f} s" + (f": {detail}" if detail else ""))
@@ -193,10 +191,13 @@ class Demo:
         if not persistent and stack.running() and stack.owner() not in (0, os.getpid()) and stack.owner_alive():
             raise StackError(f"another demo (pid {stack.owner()}) is using the stack in {stack.paths.root}; "
                              "wait for it to finish, or stop it with `riskmask down`")
+        orphan = stack.owner() if not persistent and stack.running() else 0
         info = stack.up(owner=0 if persistent else os.getpid(),
                         progress=lambda m: self.progress(f"      {m}"))
         self.state.stack, self.state.owns_stack = info, not persistent
-        how = "using the running stack (riskmask up)" if persistent else "started by the demo"
+        how = ("using the running stack (riskmask up)" if persistent else
+               f"adopted the stack left running by demo pid {orphan} (it is stopped at the end)" if orphan else
+               "started by the demo")
         return f"{how}: broker {info.bootstrap}, {len(info.api_addresses)} ledger nodes, state in {info.root}"
 
     def step_register(self) -> str:
@@ -241,46 +242,37 @@ class Demo:
                f"{len(self.state.clip.labels)} people in view"
 
     def step_pipeline(self) -> str:
-        from pipelines.producer import CameraProducer, ProducerConfig
-
         info = self._need_stack()
         clip, c = self.state.clip, self.config
         self.state.epoch = time.time_ns() // 1000
-        extra, recognition = pipeline_ledger_args(info)
+        extra, recognition = pipeline_ledger_args(info, frames=len(clip.jpegs))
+        self.state.anchoring = "--anchor-audit-blocks" in extra
         self.state.recognition = recognition
         c.out_dir.mkdir(parents=True, exist_ok=True)
         log_path = c.out_dir / "pipeline.log"
+        n = len(clip.jpegs)
         collector = Collector(info.bootstrap, CAMERA_ID, WARMUP_CAMERA_ID, self.state.epoch)
         collector.start()
         try:
-            self._start_pipeline(info, extra, log_path)
-            producer = CameraProducer(ProducerConfig(source="demo", camera_id=CAMERA_ID,
-                                                     bootstrap_servers=info.bootstrap, topic=RAW),
-                                      epoch=self.state.epoch)
-            warm = CameraProducer(ProducerConfig(source="demo", camera_id=WARMUP_CAMERA_ID,
-                                                 bootstrap_servers=info.bootstrap, topic=RAW), epoch=self.state.epoch)
-            try:
-                w, h = clip.size
-                warm.send_encoded(clip.jpegs[0], w, h)
-                warm.flush()
+            if c.bounded:  # replay: everything is in frames.raw before the pipeline starts, then it stops itself
+                self._produce(info, CAMERA_ID, clip.jpegs, 0.0)
+                self.progress(f"      {n} frames in frames.raw; running `riskmask run --bounded` over them")
+                self._proc = PipelineProcess(info, [*extra, "--bounded"], log_path)
+                self._wait(lambda: self._proc.finished(), c.drain_timeout_s, log_path,
+                           lambda el: f"{collector.accounted()}/{n} frames back from the pipeline ... {el:.0f} s",
+                           pipeline_must_run=False)
+                self._proc.check(expect_exit=True)
+            else:  # live: a warm-up frame says when the pipeline is ready, then the clip comes at camera pace
+                self._proc = PipelineProcess(info, extra, log_path)
+                self._produce(info, WARMUP_CAMERA_ID, clip.jpegs[:1], 0.0)
                 self._wait(lambda: collector.check() or collector.warm, c.startup_timeout_s, log_path,
                            lambda el: f"waiting for the pipeline to start (Beam, models) ... {el:.0f} s")
                 self.progress("      pipeline is up; producing the clip to frames.raw"
                               + (f" at {c.fps:g} fps" if c.fps else " as fast as possible"))
-                t0 = time.monotonic()
-                for i, jpeg in enumerate(clip.jpegs):
-                    if c.fps:
-                        delay = t0 + i / c.fps - time.monotonic()
-                        if delay > 0:
-                            time.sleep(delay)
-                    producer.send_encoded(jpeg, w, h)
-                producer.flush()
-            finally:
-                producer.close()
-                warm.close()
-            n = len(clip.jpegs)
+                self._produce(info, CAMERA_ID, clip.jpegs, c.fps)
             self._wait(lambda: collector.check() or collector.accounted() >= n, c.drain_timeout_s, log_path,
-                       lambda el: f"{collector.accounted()}/{n} frames back from the pipeline ... {el:.0f} s")
+                       lambda el: f"{collector.accounted()}/{n} frames back from the pipeline ... {el:.0f} s",
+                       pipeline_must_run=not c.bounded)
         finally:
             self._stop_pipeline()
             collector.stop()
@@ -288,8 +280,30 @@ class Demo:
         self.state.dead_letters = len(collector.dead)
         if any(r.recognizer_id for r in self.state.redacted.values()):
             self.state.recognition = "ok"
+        elif self.state.recognition == "requested":
+            self.state.recognition = ("the pipeline was given the stack's ledger options, but no frame carries a "
+                                      "recognizer id: faces were not recognised (strongest mask for all)")
         return (f"{len(self.state.redacted)} redacted frame(s), {self.state.dead_letters} dead letter(s); "
                 f"log {log_path}")
+
+    def _produce(self, info: StackInfo, camera_id: str, jpegs: list[bytes], fps: float) -> None:
+        """Send JPEG frames to frames.raw as one camera of this run (same epoch), paced at ``fps`` (0: unpaced)."""
+        from pipelines.producer import CameraProducer, ProducerConfig
+
+        w, h = self.state.clip.size
+        producer = CameraProducer(ProducerConfig(source="demo", camera_id=camera_id, bootstrap_servers=info.bootstrap,
+                                                 topic=RAW), epoch=self.state.epoch)
+        try:
+            t0 = time.monotonic()
+            for i, jpeg in enumerate(jpegs):
+                if fps:
+                    delay = t0 + i / fps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                producer.send_encoded(jpeg, w, h)
+            producer.flush()
+        finally:
+            producer.close()
 
     def step_audit(self) -> str:
         from ledger import audit, exporter
@@ -299,6 +313,12 @@ class Demo:
 
         info = self._need_stack()
         d = Path(info.ledger_dir)
+        cluster = Cluster(d)
+        # Anchors the pipeline submitted last are committed within a block or two: wait for them to be final.
+        h0 = max(cluster.heights().values(), default=0)
+        deadline = time.monotonic() + (15.0 if self.state.anchoring else 0.0)
+        while max(cluster.heights().values(), default=0) < h0 + 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
         genesis = Genesis.load(d / "genesis.json")
         seed = KeyFile.load(d / "keys" / "auditor.key").seed
         exp = exporter.Exporter(info.bootstrap, LEDGER, [LedgerClient(a, seed) for a in info.api_addresses],
@@ -309,7 +329,7 @@ class Demo:
                 pass
         finally:
             exp.close()
-        heights = Cluster(d).heights()
+        heights = cluster.heights()
         self.state.ledger_height = max(heights.values()) if heights else None
         audit_msgs = None
         if exporter.topic_exists(info.bootstrap, AUDIT) and exporter.end_offset(info.bootstrap, AUDIT) > 0:
@@ -324,6 +344,10 @@ class Demo:
                             "warnings": list(report.warnings)}
         if audit_msgs is None:
             self.state.audit["note"] = "no audit.blocks from the pipeline: only the ledger chain was verified"
+            self.state.missing.append(StepResult(
+                "audit-chain", "unavailable", 0.0,
+                "the pipeline wrote no audit.blocks (its audit stage is not in the graph yet): "
+                "only the ledger chain was verified"))
         if not report.ok:
             raise DemoError(f"audit FAILED: {report.failure}")
         extra = f", {report.audit_blocks} audit block(s)" if audit_msgs is not None else ""
@@ -331,35 +355,18 @@ class Demo:
                 f"{report.anchors} anchor(s){extra}; every commit certificate and hash link verified")
 
     # -- pipeline process ----------------------------------------------------------------------------------
-    def _start_pipeline(self, info: StackInfo, extra: list[str], log_path: Path) -> None:
-        cmd = [sys.executable, "-m", "riskmask", "run", "--bootstrap-servers", info.bootstrap,
-               "--group-id", GROUP_ID, *extra]
-        env = dict(os.environ, **info.env(), PYTHONUNBUFFERED="1")
-        with open(log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=env, preexec_fn=_die_with_parent)
-
     def _stop_pipeline(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            proc.stop()
 
     def _wait(self, done: Callable[[], bool], timeout_s: float, log_path: Path,
-              message: Callable[[float], str]) -> None:
+              message: Callable[[float], str], pipeline_must_run: bool = True) -> None:
         t0 = last = time.monotonic()
         while not done():
             now = time.monotonic()
-            if self._proc is not None and self._proc.poll() is not None:
-                raise DemoError(f"the pipeline exited with code {self._proc.returncode}: "
-                                f"{_last_line(log_path)} (full log: {log_path})")
+            if self._proc is not None and pipeline_must_run:
+                self._proc.check()
             if now - t0 > timeout_s:
                 raise DemoError(f"timed out after {timeout_s:.0f} s: {message(now - t0)}; see {log_path}")
             if now - last >= 5.0:
@@ -400,8 +407,12 @@ class Demo:
         steps = [asdict(s) for s in self.steps]
         if st.recognition and st.recognition != "ok":
             steps.append(asdict(StepResult("recognition", "unavailable", 0.0, st.recognition)))
+        steps += [asdict(m) for m in st.missing]
+        for s in steps:
+            s["seconds"] = round(s["seconds"], 2)
         summary = {
             "config": {"frames": c.frames, "size": f"{c.size[0]}x{c.size[1]}", "camera_fps": c.fps,
+                       "mode": "bounded replay" if c.bounded else "live (streaming)",
                        "camera_id": CAMERA_ID, "epoch": st.epoch},
             "stack": None if st.stack is None else {"root": st.stack.root, "bootstrap": st.stack.bootstrap,
                                                     "ledger_nodes": len(st.stack.api_addresses),
@@ -412,12 +423,15 @@ class Demo:
                        "degraded": sum(1 for r in frames if r.degraded)},
             "faces": {"total": sum(by_decision.values()), "by_decision": by_decision,
                       "ground_truth": ground_truth_coverage(st.clip, frames)},
-            "performance": {"fps": (len(frames) - 1) / span if span > 0 else None, "camera_fps": c.fps or None,
-                            "latency_p50_ms": demo_report.percentile(lat, 50),
-                            "latency_p99_ms": demo_report.percentile(lat, 99),
-                            "latency_max_ms": max(lat) if lat else None,
+            "performance": {"fps": _round((len(frames) - 1) / span if span > 0 else None),
+                            "camera_fps": None if c.bounded else (c.fps or None),
+                            "latency_p50_ms": _round(demo_report.percentile(lat, 50)),
+                            "latency_p99_ms": _round(demo_report.percentile(lat, 99)),
+                            "latency_max_ms": _round(max(lat) if lat else None),
                             "latency_definition": "processed_ts - capture_ts of each RedactedFrame (send to "
-                                                  "publish, through Kafka and the pipeline)"},
+                                                  "publish, through Kafka and the pipeline)"
+                                                  + ("; bounded replay: includes the wait in frames.raw until "
+                                                     "the pipeline started" if c.bounded else "")},
             "ledger": {"height": st.ledger_height},
             "audit": st.audit,
             "recognition": st.recognition or "not run",
@@ -430,6 +444,10 @@ class Demo:
         outputs["summary"] = str(c.out_dir / "summary.json")
         demo_report.write_json(summary, c.out_dir / "summary.json")
         return summary
+
+
+def _round(v: Optional[float], digits: int = 1) -> Optional[float]:
+    return None if v is None else round(float(v), digits)
 
 
 def demo_scene_note() -> str:
@@ -457,120 +475,5 @@ def ground_truth_coverage(clip: Any, frames: list) -> Optional[dict]:
     return {"covered": covered, "total": total}
 
 
-def pipeline_ledger_args(info: StackInfo) -> tuple[list[str], str]:
-    """Flags that connect ``riskmask run`` to the stack's ledger, if that command has them yet.
-
-    Returns (flags, recognition status text). The pipeline also gets RISKMASK_* variables naming the stack.
-    """
-    import argparse
-
-    from riskmask.cli import build_parser
-
-    parser = build_parser()
-    run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
-    flags = {opt for a in run._actions for opt in a.option_strings}
-    wanted = {"--ledger-dir": info.ledger_dir, "--keys-dir": info.keys_dir}
-    args: list[str] = []
-    for flag, value in wanted.items():
-        if flag in flags:
-            args += [flag, value]
-    if "--ledger-dir" not in flags:
-        return args, ("not in the pipeline yet (`riskmask run` has no --ledger-dir): every face is treated as "
-                      "unknown and gets the strongest mask")
-    return args, "requested"
-
-
-class Collector(threading.Thread):
-    """Reads frames.redacted and frames.dlq from their current end, keeping this run's records (by epoch)."""
-
-    def __init__(self, bootstrap: str, camera_id: str, warmup_id: str, epoch: int) -> None:
-        super().__init__(name="demo-collector", daemon=True)
-        from kafka import KafkaConsumer, TopicPartition
-
-        self.camera_id, self.warmup_id, self.epoch = camera_id, warmup_id, epoch
-        self.redacted: dict[int, Any] = {}
-        self.dead: set[int] = set()
-        self.warm = False
-        self.error: Optional[BaseException] = None
-        self._stop_evt = threading.Event()
-        try:
-            self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                           max_partition_fetch_bytes=32 * 1024 * 1024,
-                                           fetch_max_bytes=64 * 1024 * 1024, request_timeout_ms=30000,
-                                           consumer_timeout_ms=500)
-        except Exception as exc:  # NoBrokersAvailable and friends
-            raise DemoError(f"cannot read the output topics at {bootstrap}: {type(exc).__name__}: {exc}") from None
-        tps = []
-        for topic in (REDACTED, DLQ):
-            parts = self._consumer.partitions_for_topic(topic) or {0}
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        self._consumer.assign(tps)
-        self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end positions now, before anything is produced
-            self._consumer.position(tp)
-
-    def check(self) -> None:
-        """Raise DemoError when the reader thread died (the outputs could no longer be seen)."""
-        if self.error is not None:
-            raise DemoError(f"reading the output topics failed: {type(self.error).__name__}: {self.error}")
-
-    def accounted(self) -> int:
-        return len(self.redacted) + len(self.dead - set(self.redacted))
-
-    def run(self) -> None:
-        try:
-            while not self._stop_evt.is_set():
-                for tp, recs in self._consumer.poll(timeout_ms=300).items():
-                    for rec in recs:
-                        try:
-                            self._take(tp.topic, rec.value)
-                        except Exception as exc:  # not ours to judge: a foreign or corrupt record is skipped
-                            logger.debug("skipping %s@%s: %s", tp.topic, rec.offset, exc)
-        except Exception as exc:  # surfaced by the waiting step as a timeout with this cause
-            logger.warning("demo collector stopped: %s", exc)
-            self.error = exc
-        finally:
-            self._consumer.close()
-
-    def _take(self, topic: str, value: bytes) -> None:
-        from schemas.messages import DeadLetter, RedactedFrame
-
-        if topic == REDACTED:
-            frame = RedactedFrame.from_bytes(value)
-            if frame.epoch != self.epoch:
-                return
-            if frame.camera_id == self.warmup_id:
-                self.warm = True
-            elif frame.camera_id == self.camera_id:
-                self.redacted.setdefault(frame.seq, frame)
-            return
-        dl = DeadLetter.from_bytes(value)
-        if dl.epoch != self.epoch:
-            return
-        if dl.camera_id == self.warmup_id:
-            self.warm = True
-        elif dl.camera_id == self.camera_id and dl.seq is not None:
-            self.dead.add(dl.seq)
-
-    def stop(self) -> None:
-        self._stop_evt.set()
-        if self.is_alive():
-            self.join(timeout=10)
-
-
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _die_with_parent() -> None:  # runs in the pipeline child between fork and exec
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the demo
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1][-300:] if lines else "no output"

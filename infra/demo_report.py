@@ -164,7 +164,8 @@ def table(summary: dict[str, Any]) -> str:
     if gt:
         rows.append(("ground-truth faces covered by a decision", f"{gt['covered']} / {gt['total']}"))
     rows += [
-        ("pipeline throughput (camera pace)", f"{_fmt(perf.get('fps'), ' fps')} ({_fmt(perf.get('camera_fps'), ' fps')})"),
+        ("pipeline throughput (camera pace)", f"{_fmt(perf.get('fps'), ' fps')} "
+         f"({_fmt(perf.get('camera_fps'), ' fps') if perf.get('camera_fps') else 'unpaced'})"),
         ("latency capture -> redacted p50 / p99",
          f"{_fmt(perf.get('latency_p50_ms'), ' ms')} / {_fmt(perf.get('latency_p99_ms'), ' ms')}"),
         ("ledger height", _fmt(led.get("height"))),

@@ -45,8 +45,10 @@ class StackServiceError(ServiceError):
 
 
 def stack_root(explicit: Optional[os.PathLike[str] | str] = None) -> Path:
-    """The state root: ``explicit``, else ``$RISKMASK_HOME``, else ``./.riskmask`` (the broker's default)."""
-    return Path(explicit).expanduser() if explicit else embedded.default_state_dir()
+    """The state root: ``explicit``, else ``$RISKMASK_HOME``, else ``./.riskmask``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get(embedded.STATE_ENV) or ".riskmask").expanduser()
 
 
 @dataclass(frozen=True)
@@ -145,15 +147,6 @@ class Stack:
         tmp = self.paths.stack_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, self.paths.stack_file)
-
-    def set_owner(self, owner: int) -> None:
-        """Record who may stop the stack (0 = persistent)."""
-        rec = self.recorded()
-        if rec is not None:
-            rec["owner"] = int(owner)
-            tmp = self.paths.stack_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, self.paths.stack_file)
 
     # -- components ----------------------------------------------------------------------------------------
     def _cluster(self):

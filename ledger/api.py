@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import logging
 from importlib import resources
-from typing import Iterable, Optional, Protocol
+from typing import Any, Iterable, Optional, Protocol
 
 from ledger.auth import Authenticator
 from ledger.config import ClientInfo, ClientRegistry
@@ -50,8 +51,8 @@ MAX_RANGE = 100
 class LedgerService(Protocol):
     """What the API needs from the node."""
 
-    def submit_txs(self, txs: list[bytes], client: ClientInfo) -> list[tuple[Optional[str], Optional[str]]]:
-        """Admit transactions to the mempool; per tx (hash hex, None) or (None, reason)."""
+    def submit_txs(self, txs: list[bytes], client: ClientInfo) -> Any:
+        """Admit transactions to the mempool; per tx (hash hex, None) or (None, reason). May be a coroutine."""
 
     def tx_status(self, tx_hash: bytes) -> dict: ...
 
@@ -129,19 +130,19 @@ class LedgerApi:
     async def _status(self, req: Request) -> Response:
         return Response.json(self.service.status_json())
 
-    def _admit(self, raw: list[bytes], req: Request) -> list[tuple[Optional[str], Optional[str]]]:
+    async def _admit(self, raw: list[bytes], req: Request) -> list[tuple[Optional[str], Optional[str]]]:
         client: ClientInfo = req.context["client"]
-        return self.service.submit_txs(raw, client)
+        res = self.service.submit_txs(raw, client)
+        return await res if inspect.isawaitable(res) else res
 
     async def _submit_one(self, req: Request) -> Response:
         body = req.json()
         if not isinstance(body, dict) or set(body) != {"tx"}:
             raise HttpError(400, 'body must be {"tx": "<base64 transaction>"}')
         tx = _b64(body["tx"], "tx")
-        [(h, err)] = self._admit([tx], req)
+        [(h, err)] = await self._admit([tx], req)
         if err is not None:
-            status = 403 if err.startswith("forbidden") else 400
-            raise HttpError(status, err)
+            raise HttpError(_status_of(err), err)
         return Response.json({"hash": h, "status": "pending"}, 202)
 
     async def _submit_batch(self, req: Request) -> Response:
@@ -153,11 +154,12 @@ class LedgerApi:
         if len(body["txs"]) > self.max_batch:
             raise HttpError(413, f"at most {self.max_batch} transactions per batch")
         raw = [_b64(t, f"txs[{i}]") for i, t in enumerate(body["txs"])]
-        results = self._admit(raw, req)
+        results = await self._admit(raw, req)
         accepted = [h for h, e in results if e is None]
         rejected = [{"index": i, "error": e} for i, (h, e) in enumerate(results) if e is not None]
         if not accepted:
-            raise HttpError(400, f"no transaction accepted; first error: {rejected[0]['error']}")
+            first = rejected[0]["error"]
+            raise HttpError(_status_of(first), f"no transaction accepted; first error: {first}")
         return Response.json({"accepted": accepted, "rejected": rejected}, 202)
 
     async def _tx(self, req: Request) -> Response:
@@ -191,6 +193,15 @@ class LedgerApi:
 
     async def _evidence(self, req: Request) -> Response:
         return Response.json({"evidence": self.service.evidence_json()})
+
+
+def _status_of(reason: str) -> int:
+    """HTTP status of an admission refusal: 403 role, 429 mempool full (retry later), else 400."""
+    if reason.startswith("forbidden"):
+        return 403
+    if reason.startswith("busy"):
+        return 429
+    return 400
 
 
 def json_error(status: int, reason: str) -> Response:

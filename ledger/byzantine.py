@@ -20,7 +20,6 @@ import logging
 import os
 from typing import Any
 
-from ledger import p2p
 from ledger.types import Block, Proposal, ProposalStub, Vote
 
 logger = logging.getLogger(__name__)

@@ -68,11 +68,12 @@ class LedgerClient:
     def request_raw(self, method: str, target: str, body: bytes = b"",
                     headers: Optional[dict[str, str]] = None, sign: bool = True) -> tuple[int, bytes]:
         """Send one request; returns (status, body). Retries once on a stale keep-alive connection."""
-        hdrs = {"Content-Type": "application/json"} if body else {}
-        if sign:
-            hdrs.update(sign_request(self.seed, method, target, body))
-        hdrs.update(headers or {})
         for attempt in (0, 1):
+            # Signed per attempt: a retry needs a fresh nonce or the node would refuse it as a replay.
+            hdrs = {"Content-Type": "application/json"} if body else {}
+            if sign:
+                hdrs.update(sign_request(self.seed, method, target, body))
+            hdrs.update(headers or {})
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
             try:

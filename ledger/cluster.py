@@ -324,7 +324,7 @@ class Cluster:
         return stopped
 
     # -- inspection ----------------------------------------------------------------------------------------
-    def node_status(self, i: int, timeout_s: float = 3.0) -> NodeState:
+    def node_status(self, i: int, timeout_s: float = 10.0) -> NodeState:
         pid = self.pid(i)
         if pid is None:
             return NodeState(i, None, False, None, "not running")

@@ -32,7 +32,6 @@ TAG_PROPOSAL_STUB = 0x17
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-_I32 = struct.Struct(">i")
 _U64 = struct.Struct(">Q")
 
 U64_MAX = 2 ** 64 - 1
@@ -49,10 +48,6 @@ def u16(v: int) -> bytes:
 
 def u32(v: int) -> bytes:
     return _U32.pack(v)
-
-
-def i32(v: int) -> bytes:
-    return _I32.pack(v)
 
 
 def u64(v: int) -> bytes:
@@ -105,9 +100,6 @@ class Reader:
 
     def u32(self) -> int:
         return self._unpack(_U32)
-
-    def i32(self) -> int:
-        return self._unpack(_I32)
 
     def u64(self) -> int:
         return self._unpack(_U64)

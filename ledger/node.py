@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import collections
 import concurrent.futures
 import errno
@@ -26,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ledger import crypto, merkle, p2p, sync
+from ledger import crypto, p2p, sync
 from ledger.api import SUBMIT_KINDS, LedgerApi
 from ledger.config import ClientInfo, ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig
-from ledger.consensus.events import (STEP_NAMES, STEP_PROPOSAL, BlockContent, Broadcast, ChainTip,
+from ledger.consensus.events import (STEP_PROPOSAL, BlockContent, Broadcast, ChainTip,
                                      CommitReceived, ConsensusParams, Decide, PersistSigned, ProposalReceived,
                                      RecordEvidence, RequestSync, ScheduleTimeout, TimeoutFired, TxsAvailable,
                                      VoteReceived)
@@ -37,9 +36,10 @@ from ledger.consensus.state import ConsensusState
 from ledger.errors import LedgerError
 from ledger.fastverify import make_verifier
 from ledger.mempool import Mempool, MempoolFull
+from ledger.nodeview import NodeView
 from ledger.store import Store, StoreError
 from ledger.types import (Block, CommitCertificate, Evidence, Proposal, Transaction, Vote, decode_message,
-                          verify_commit)
+                          tx_hash, verify_commit)
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ STATUS_INTERVAL_S = 1.0
 GOSSIP_INTERVAL_S = 0.005
 SYNC_TIMEOUT_S = 5.0
 MAX_FUTURE_MS = 10_000
-MERKLE_CACHE = 16
 MAX_PENDING_EVIDENCE = 1000
+ADMIT_CHUNK = 8  # transactions verified between yields to the event loop
+TX_INBOX_MAX = 1000  # gossip frames waiting for admission
 ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
 
 
@@ -68,7 +69,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class LedgerNode:
+class LedgerNode(NodeView):
     """One validator node. ``await start()``, then ``await stop()``."""
 
     def __init__(self, cfg: NodeConfig) -> None:
@@ -101,6 +102,8 @@ class LedgerNode:
         self.consensus: Optional[ConsensusState] = None
         self._events: collections.deque = collections.deque()
         self._drain_task: Optional[asyncio.Task] = None
+        self._tx_inbox: collections.deque = collections.deque()
+        self._tx_task: Optional[asyncio.Task] = None
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         self._gossip: list[bytes] = []
         self._tasks: list[asyncio.Task] = []
@@ -172,6 +175,8 @@ class LedgerNode:
             t.cancel()
         await self.api.stop()
         await self.p2p.stop()
+        if self._tx_task is not None:
+            self._tx_task.cancel()
         if self._drain_task is not None:
             self._drain_task.cancel()
             await asyncio.gather(self._drain_task, return_exceptions=True)
@@ -376,10 +381,13 @@ class LedgerNode:
         return None
 
     # -- mempool admission (API + p2p) ---------------------------------------------------------------------
-    def submit_txs(self, txs: list[bytes], client: ClientInfo) -> list[tuple[Optional[str], Optional[str]]]:
+    async def submit_txs(self, txs: list[bytes],
+                         client: ClientInfo) -> list[tuple[Optional[str], Optional[str]]]:
         out: list[tuple[Optional[str], Optional[str]]] = []
         fresh: list[tuple[bytes, Transaction, bytes]] = []
-        for raw in txs:
+        for k, raw in enumerate(txs):
+            if k and k % ADMIT_CHUNK == 0:
+                await asyncio.sleep(0)  # let consensus messages through between signature checks
             res = self._admit(raw, client.role)
             out.append(res[:2])
             if res[2] is not None:
@@ -408,7 +416,7 @@ class LedgerNode:
             tx.validate_basic()
         except (LedgerError, ValueError) as exc:
             return None, f"malformed transaction: {exc}", None
-        h = tx.hash()
+        h = tx_hash(raw)  # decode is canonical, so the raw bytes are the encoding
         if h in self.mempool:
             return h.hex(), None, None
         reason = self._check_tx(tx, role)
@@ -418,9 +426,19 @@ class LedgerNode:
             return None, reason, None
         return h.hex(), None, (h, tx, raw)
 
-    def _on_peer_txs(self, body: bytes) -> None:
+    async def _tx_worker(self) -> None:
+        """Admit gossiped transactions in small steps, so votes and proposals never queue behind them."""
+        try:
+            while self._tx_inbox and not self._closing:
+                await self._on_peer_txs(self._tx_inbox.popleft())
+        finally:
+            self._tx_task = None
+
+    async def _on_peer_txs(self, body: bytes) -> None:
         fresh = []
-        for raw in sync.decode_txs(body):
+        for k, raw in enumerate(sync.decode_txs(body)):
+            if k and k % ADMIT_CHUNK == 0:
+                await asyncio.sleep(0)
             if len(raw) > self.cfg.max_tx_bytes:
                 continue
             try:
@@ -428,7 +446,7 @@ class LedgerNode:
                 tx.validate_basic()
             except (LedgerError, ValueError):
                 continue
-            h = tx.hash()
+            h = tx_hash(raw)
             if h in self.mempool or self._check_tx(tx) is not None:
                 continue
             fresh.append((h, tx, raw))
@@ -472,7 +490,10 @@ class LedgerNode:
                 elif isinstance(msg, Proposal):
                     self.feed(ProposalReceived(msg))
             elif mtype == p2p.T_TXS:
-                self._on_peer_txs(body)
+                if len(self._tx_inbox) < TX_INBOX_MAX:  # beyond it, proposals still carry the txs
+                    self._tx_inbox.append(body)
+                if self._tx_task is None:
+                    self._tx_task = asyncio.get_running_loop().create_task(self._tx_worker())
             elif mtype == p2p.T_STATUS:
                 height, _ = sync.decode_status(body)
                 self._peer_heights[peer] = height
@@ -488,9 +509,6 @@ class LedgerNode:
                 logger.debug("ignoring frame type %d from validator %d", mtype, peer)
         except (LedgerError, ValueError) as exc:
             logger.debug("bad frame type %d from validator %d: %s", mtype, peer, exc)
-
-    def _round(self) -> int:
-        return int(getattr(self.consensus, "round", 0) or 0) if self.consensus is not None else 0
 
     async def _status_loop(self) -> None:
         while True:
@@ -549,65 +567,6 @@ class LedgerNode:
             logger.warning("sync: block %d from validator %d was not accepted", self.store.height + 1, ev.peer)
         elif self._peer_heights.get(ev.peer, 0) > self.store.height:
             self._request_sync(self.store.height + 1, prefer=ev.peer)
-
-    # -- the API's view ----------------------------------------------------------------------------------------
-    @property
-    def height(self) -> int:
-        return self.store.height
-
-    def status_json(self) -> dict:
-        c = self.consensus
-        step = getattr(c, "step", None)
-        return {"index": self.cfg.index, "chain_id": self.chain_id, "height": self.store.height,
-                "round": self._round(), "step": STEP_NAMES.get(step, str(step)),
-                "peers": self.p2p.connected(), "last_block_time_ms": self._last_time if self.store.height else 0,
-                "last_block_hash": self._last_hash.hex(), "mempool": len(self.mempool),
-                "byzantine": self.byzantine is not None}
-
-    def block_json(self, height: int) -> Optional[dict]:
-        b = self.store.get_block(height)
-        if b is None:
-            return None
-        blk = Block.decode(b.block)
-        hd = blk.header
-        header = {"chain_id": hd.chain_id, "height": hd.height, "round": hd.round,
-                  "timestamp_ms": hd.timestamp_ms, "prev_hash": hd.prev_hash.hex(), "tx_root": hd.tx_root.hex(),
-                  "num_txs": hd.num_txs, "proposer": hd.proposer, "validators_hash": hd.validators_hash.hex(),
-                  "evidence_hash": hd.evidence_hash.hex()}
-        return {"height": b.height, "hash": b.hash.hex(), "time_ms": b.time_ms, "n_txs": b.n_txs,
-                "block": base64.b64encode(b.block).decode(), "cert": base64.b64encode(b.cert).decode(),
-                "header": header, "tx_hashes": [tx.hash().hex() for tx in blk.txs]}
-
-    def _tree(self, height: int) -> tuple["merkle.MerkleTree", Block]:
-        cached = self._merkle_cache.get(height)
-        if cached is not None:
-            self._merkle_cache.move_to_end(height)
-            return cached
-        blk = Block.decode(self.store.get_block(height).block)
-        tree = merkle.MerkleTree([tx.encode() for tx in blk.txs])
-        self._merkle_cache[height] = (tree, blk)
-        if len(self._merkle_cache) > MERKLE_CACHE:
-            self._merkle_cache.popitem(last=False)
-        return tree, blk
-
-    def tx_status(self, tx_hash: bytes) -> dict:
-        loc = self.store.tx_location(tx_hash)
-        if loc is None:
-            if tx_hash in self.mempool:
-                return {"status": "pending", "hash": tx_hash.hex()}
-            return {"status": "unknown", "hash": tx_hash.hex()}
-        height, idx = loc
-        tree, blk = self._tree(height)
-        proof = tree.inclusion_proof(idx)
-        return {"status": "committed", "hash": tx_hash.hex(), "height": height, "index": idx,
-                "block_hash": blk.hash().hex(),
-                "proof": {"leaf_index": idx, "tree_size": len(blk.txs), "root": blk.header.tx_root.hex(),
-                          "path": [p.hex() for p in proof]}}
-
-    def evidence_json(self) -> list[dict]:
-        return [{"height": e["height"], "validator": e["validator"], "kind": e["kind"],
-                 "data": base64.b64encode(e["data"]).decode(), "time_ms": e["time_ms"]}
-                for e in self.store.list_evidence()]
 
 
 async def _retry_bind(start: Any, wait_s: float = 10.0) -> Any:

@@ -61,6 +61,8 @@ class FrameContext:
     detector_id: str = ""
     faces: tuple[FaceDecision, ...] = ()
     policy_id: str = ""
+    recognizer_id: str = ""  # set by EmbedFaces when recognition runs
+    watchlist_height: int = -1  # ledger height of the watchlist EnrichRisk used; -1 when none
     degraded: bool = False
     degraded_reason: Optional[str] = None
 

@@ -21,6 +21,7 @@ from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_
 from riskmask.errors import UserError
 
 PORTABLE_RUNNERS = {"PortableRunner", "FlinkRunner"}
+DETECTORS = ("yunet", "centerface")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOSTPORT_RE = re.compile(r"^[^\s:,]+:\d{1,5}$")
 
@@ -78,6 +79,9 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError(f"the input topic {opts.raw_topic!r} must differ from every output topic")
     if not opts.group_id:
         raise OptionsError("group id is empty")
+    if opts.detector not in DETECTORS:
+        raise OptionsError(f"unknown detector {opts.detector!r}; choose one of {', '.join(DETECTORS)}")
+    _check_policy(opts.policy)
     if opts.detector_threshold is not None and not 0.0 < opts.detector_threshold < 1.0:
         raise OptionsError(f"detector threshold must be in (0, 1), got {opts.detector_threshold}")
     if not 1 <= opts.detector_threads <= 64:
@@ -90,6 +94,16 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError(f"max bundle seconds must be 0.01..60, got {opts.max_bundle_seconds}")
     _validate_runner(options, opts)
     return opts
+
+
+def _check_policy(name: str) -> None:
+    """Load the policy once here so that a bad name or file fails before the pipeline starts."""
+    from pipelines.policy import Policy
+
+    try:
+        Policy.load(name)
+    except Exception as exc:  # PolicyError, OSError, JSON errors: all mean "this policy cannot be used"
+        raise OptionsError(f"policy {name!r} cannot be loaded: {exc}") from None
 
 
 def _validate_runner(options: PipelineOptions, opts: RiskmaskOptions) -> None:

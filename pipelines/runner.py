@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_DLQ_TOPIC, DEFAULT_GROUP_ID,
@@ -92,17 +94,21 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("--bounded", action="store_true",
                    help="process what is in the topic now, then stop (replays, tests)")
     p.add_argument("--runner", default="FnApiRunner", choices=RUNNERS, help="Beam runner (default: %(default)s)")
-    p.add_argument("--job-endpoint", dest="job_endpoint", default=None, help="Beam job server host:port")
-    p.add_argument("--environment-type", dest="environment_type", default=None,
+    # The underscore spellings below are Beam's; Flink's FlinkPortableClientEntryPoint appends
+    # --job_endpoint=... to the driver command it runs.
+    p.add_argument("--job-endpoint", "--job_endpoint", dest="job_endpoint", default=None,
+                   help="Beam job server host:port")
+    p.add_argument("--environment-type", "--environment_type", dest="environment_type", default=None,
                    help="SDK worker environment for portable runners (EXTERNAL, PROCESS, DOCKER, LOOPBACK)")
-    p.add_argument("--environment-config", dest="environment_config", default=None,
+    p.add_argument("--environment-config", "--environment_config", dest="environment_config", default=None,
                    help="e.g. localhost:50000 of a worker pool for EXTERNAL")
-    p.add_argument("--checkpointing-interval", dest="checkpointing_interval", type=int, default=None,
-                   help="Flink checkpoint interval in ms (required for streaming on Flink)")
+    p.add_argument("--checkpointing-interval", "--checkpointing_interval", dest="checkpointing_interval", type=int,
+                   default=None, help="Flink checkpoint interval in ms (required for streaming on Flink)")
     p.add_argument("--parallelism", type=int, default=None, help="Flink parallelism")
-    p.add_argument("--max-parallelism", dest="max_parallelism", type=int, default=None,
+    p.add_argument("--max-parallelism", "--max_parallelism", dest="max_parallelism", type=int, default=None,
                    help="Flink max parallelism")
-    p.add_argument("--savepoint-path", dest="savepoint_path", default=None, help="Flink savepoint to restore")
+    p.add_argument("--savepoint-path", "--savepoint_path", dest="savepoint_path", default=None,
+                   help="Flink savepoint to restore")
     p.add_argument("--pipeline-arg", action="append", default=[], metavar="FLAG",
                    help="extra Beam pipeline flag, e.g. --pipeline-arg=--direct_num_workers=2 (repeatable)")
     p.set_defaults(func=_run_main)
@@ -115,9 +121,17 @@ class _DropImportNoise(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM (docker stop, Kubernetes) ends the run like Ctrl-C: the bundle in flight is abandoned, its
+    # offsets are not committed, and a restart reprocesses it (at-least-once).
+    raise KeyboardInterrupt
+
+
 def _run_main(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropImportNoise())
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     if not getattr(args, "debug", False):
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # failures reach the user as one line
         logging.getLogger("apache_beam").setLevel(logging.WARNING)

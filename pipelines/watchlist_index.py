@@ -179,5 +179,5 @@ def index_from_watchlist(watchlist: Any, synced_at: float) -> WatchlistIndex:
     return WatchlistIndex.build(entries, int(watchlist.height), synced_at)
 
 
-__all__ = ["index_from_watchlist", "Subject", "WatchlistIndex", "WatchlistError", "MatchingError", "subject_ref", "subject_from_record",
-           "TEMPLATE_DIM"]
+__all__ = ["Subject", "WatchlistIndex", "WatchlistError", "MatchingError", "subject_ref", "subject_from_record",
+           "index_from_watchlist", "TEMPLATE_DIM"]

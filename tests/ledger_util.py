@@ -86,3 +86,15 @@ def assert_no_fork(cluster: Cluster, nodes: Iterable[int]) -> dict[int, list[str
 
 def heights(cluster: Cluster, nodes: Iterable[int]) -> dict[int, int]:
     return cluster.heights(list(nodes))
+
+
+def top_height(cluster: Cluster, nodes: Iterable[int]) -> int:
+    """Highest height among the reachable ``nodes`` (-1 when none answers)."""
+    return max(heights(cluster, nodes).values(), default=-1)
+
+
+def low_height(cluster: Cluster, nodes: Iterable[int]) -> int:
+    """Lowest height among ``nodes``; -1 unless every one of them answers."""
+    nodes = list(nodes)
+    hs = heights(cluster, nodes)
+    return min(hs.values()) if len(hs) == len(nodes) else -1

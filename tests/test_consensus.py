@@ -436,3 +436,19 @@ def test_signing_guard_never_signs_a_second_value_for_a_step():
         machine_._vote(PREVOTE, crypto.sha256(b"another block"), out)
         assert not [a for a in out if isinstance(a, PersistSigned)]
         assert [v.block_hash for v in votes_of(out)] == [block.hash()]
+
+
+def test_equivocator_flood_cannot_crowd_out_its_vote_in_a_polka():
+    sm = machine(3)
+    started(sm)
+    block = block_for()
+    acts = sm.handle(ProposalReceived(proposal_for(block)))
+    assert [v.block_hash for v in votes_of(acts, PREVOTE)] == [block.hash()]
+    evidence = 0
+    for i in range(6):  # validator 0 floods junk prevotes first
+        junk = Vote.create(KEYS[0], CHAIN, PREVOTE, 1, 0, crypto.sha256(b"junk %d" % i), 0)
+        evidence += sum(isinstance(a, RecordEvidence) for a in sm.handle(VoteReceived(junk)))
+    assert evidence == 2  # values 2 and 3 conflict with the first; later junk is no longer stored
+    acts = sm.handle(VoteReceived(Vote.create(KEYS[0], CHAIN, PREVOTE, 1, 0, block.hash(), 0)))
+    acts += sm.handle(VoteReceived(Vote.create(KEYS[2], CHAIN, PREVOTE, 1, 0, block.hash(), 2)))
+    assert [v.block_hash for v in votes_of(acts, PRECOMMIT)] == [block.hash()]

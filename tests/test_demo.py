@@ -62,11 +62,11 @@ def _recorded_pids(home: Path) -> set[int]:
 class DemoRun:
     """One `riskmask demo` subprocess, watched: its output and every process it started."""
 
-    def __init__(self, home: Path, out: Path, log: Path) -> None:
+    def __init__(self, home: Path, out: Path, log: Path, *extra: str) -> None:
         self.home, self.out, self.log = home, out, log
         self.pids: set[int] = set()
         cmd = [sys.executable, "-m", "riskmask", "demo", "--home", str(home), "--out", str(out),
-               "--frames", str(FRAMES), "--size", "640x360", "--fps", "0"]
+               "--frames", str(FRAMES), "--size", "640x360", "--fps", "0", *extra]
         self._fh = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -163,7 +163,8 @@ def test_ctrl_c_stops_everything_and_the_next_run_works(tmp_path: Path) -> None:
     assert "interrupted" in run.text() and "Traceback" not in run.text()
     run.assert_nothing_left()
 
-    again = DemoRun(home, tmp_path / "out2", tmp_path / "demo2.log")
+    again = DemoRun(home, tmp_path / "out2", tmp_path / "demo2.log", "--bounded")  # and the replay mode works
     assert again.finish() == 0, again.text()[-3000:]
     again.assert_nothing_left()
-    _check_outputs(tmp_path / "out2")
+    summary = _check_outputs(tmp_path / "out2")
+    assert summary["config"]["mode"] == "bounded replay" and summary["performance"]["camera_fps"] is None

@@ -31,6 +31,9 @@ def test_encode_frame_fields():
     assert (rf.policy_id, rf.detector_id, rf.faces) == ("default-v1", "yunet-2023mar", ctx.faces)
     assert (rf.source_topic, rf.source_partition, rf.source_offset) == ("frames.raw", 0, 4)
     assert rf.processed_ts_us >= rf.capture_ts_us and not rf.degraded
+    assert (rf.recognizer_id, rf.watchlist_height) == ("", -1)
+    with_recognition = encode_frame(ctx.replace(recognizer_id="sface-2021dec", watchlist_height=12))
+    assert (with_recognition.recognizer_id, with_recognition.watchlist_height) == ("sface-2021dec", 12)
     decoded = cv2.imdecode(np.frombuffer(rf.image, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == (120, 160, 3) and abs(int(decoded.mean()) - 90) <= 2
 

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from ledger.cluster import Cluster, ClusterError
-from tests.ledger_util import (anchor_txs, assert_no_fork, committed_on, heights, make_cluster, submit,
-                               wait_for)
+from tests.ledger_util import (anchor_txs, assert_no_fork, committed_on, heights, low_height, make_cluster,
+                               submit, top_height, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_kill_any_one_node_progress_and_catch_up(cluster):
         wait_for(lambda: all(committed_on(cluster, i, hashes) for i in live), 60,
                  f"txs committed with node {victim} down")
         cluster.start_node(victim)
-        top = max(heights(cluster, live).values())
+        top = top_height(cluster, live)
         wait_for(lambda: heights(cluster, [victim]).get(victim, -1) >= top, 60, f"node {victim} to catch up")
         assert committed_on(cluster, victim, hashes)
     assert_no_fork(cluster, range(cluster.n))
@@ -64,11 +64,11 @@ def test_two_of_four_down_halts_without_fork_then_recovers(cluster):
     cluster.start_node(2)
     cluster.start_node(3)
     target = max(frozen.values()) + 1
-    wait_for(lambda: max(heights(cluster, [0, 1]).values()) >= target, 20, "a new block after the restart")
+    wait_for(lambda: top_height(cluster, [0, 1]) >= target, 20, "a new block after the restart")
     took = time.monotonic() - t0
     assert took <= 20.0
     wait_for(lambda: committed_on(cluster, 1, hashes), 30, "pending txs committed after recovery")
-    wait_for(lambda: min(heights(cluster, range(4)).values()) >= target, 60, "all nodes past the halt")
+    wait_for(lambda: low_height(cluster, range(4)) >= target, 60, "all nodes past the halt")
     assert_no_fork(cluster, range(4))
 
 
@@ -76,12 +76,12 @@ def test_wiped_node_resyncs_from_genesis(cluster):
     cluster.up(wait_height=1, timeout_s=90)
     hashes = submit(cluster, 1, anchor_txs(cluster, 30))
     wait_for(lambda: committed_on(cluster, 1, hashes), 60, "txs committed")
-    wait_for(lambda: min(heights(cluster, range(4)).values()) >= 8, 60, "height 8")
+    wait_for(lambda: low_height(cluster, range(4)) >= 8, 60, "height 8")
     cluster.kill_node(3, signal.SIGKILL)
     cluster.wipe_node(3)
     assert not (cluster.data_dir(3) / "ledger.db").exists()
     cluster.start_node(3)
-    top = max(heights(cluster, [0, 1, 2]).values())
+    top = top_height(cluster, [0, 1, 2])
     wait_for(lambda: heights(cluster, [3]).get(3, -1) >= top, 90, "wiped node to resync")
     assert committed_on(cluster, 3, hashes)
     chains = assert_no_fork(cluster, range(4))

@@ -27,6 +27,8 @@ def test_defaults_are_valid():
     (OK + ["--raw_topic=bad topic"], "not a valid Kafka topic"),
     (OK + ["--redacted_topic=frames.raw"], "must differ"),
     (OK + ["--detector_threshold=1.5"], "threshold"),
+    (OK + ["--detector=retinaface"], "unknown detector"),
+    (OK + ["--policy=no-such-policy"], "cannot be loaded"),
     (OK + ["--detector_threads=0"], "threads"),
     (OK + ["--max_frame_bytes=10"], "max frame bytes"),
     (OK + ["--max_bundle_seconds=0"], "max bundle seconds"),
@@ -39,6 +41,16 @@ def test_defaults_are_valid():
 def test_bad_options_have_clear_errors(flags, message):
     with pytest.raises(OptionsError, match=message):
         validate(PipelineOptions(flags))
+
+
+def test_policy_file_path_accepted(tmp_path):
+    import json
+
+    from pipelines.policy import Policy
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(Policy.load("paper").spec))
+    assert validate(PipelineOptions(OK + [f"--policy={path}", "--detector=centerface"])).policy == str(path)
 
 
 def test_flink_options_accepted():
@@ -62,3 +74,14 @@ def test_cli_flags_translate_to_pipeline_options():
     assert opts.get_all_options()["job_endpoint"] == "jm:8099"
     assert "--sdk_worker_parallelism=2" in flags and "--streaming" not in flags
     validate(opts)
+
+
+def test_beam_spelling_of_the_job_endpoint_is_accepted():
+    # Flink's FlinkPortableClientEntryPoint appends --job_endpoint=... to the driver command
+    parser = argparse.ArgumentParser()
+    register_run(parser.add_subparsers())
+    args = parser.parse_args(["run", "--runner", "PortableRunner", "--environment-type", "EXTERNAL",
+                              "--environment-config", "localhost:50000", "--checkpointing-interval", "10000",
+                              "--job_endpoint=localhost:8099"])
+    assert args.job_endpoint == "localhost:8099"
+    assert "--job_endpoint=localhost:8099" in pipeline_args(args) and "--streaming" in pipeline_args(args)

@@ -41,7 +41,8 @@ def encode_frame(frame: FrameContext, quality: int = DEFAULT_JPEG_QUALITY) -> Re
         camera_id=frame.camera_id, epoch=frame.epoch, seq=frame.seq, capture_ts_us=frame.capture_ts_us,
         processed_ts_us=time.time_ns() // 1000, width=frame.width, height=frame.height, image=data,
         raw_sha256=frame.raw_sha256, redacted_sha256=hashlib.sha256(data).digest(), policy_id=frame.policy_id,
-        detector_id=frame.detector_id, faces=frame.faces, encoding="jpeg", degraded=frame.degraded,
+        detector_id=frame.detector_id, faces=frame.faces, encoding="jpeg", recognizer_id=frame.recognizer_id,
+        watchlist_height=frame.watchlist_height, degraded=frame.degraded,
         degraded_reason=frame.degraded_reason, source_topic=frame.source_topic,
         source_partition=frame.source_partition, source_offset=frame.source_offset)
 
