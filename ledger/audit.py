@@ -366,7 +366,7 @@ def add_commands(sub) -> None:
                            ("follow", "verify continuously as blocks arrive; exit non-zero at the first bad one")):
         q = asub.add_parser(name, help=helptext)
         q.add_argument("--genesis", type=Path, default=None,
-                       help="genesis.json (default: <$RISKMASK_LEDGER_DIR or ~/.riskmask/ledger>/genesis.json)")
+                       help="genesis.json (default: <$RISKMASK_LEDGER_DIR or ./.riskmask/ledger>/genesis.json)")
         q.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the local broker)")
         q.add_argument("--ledger-topic", default="ledger.blocks")
         q.add_argument("--audit-topic", default="audit.blocks",
@@ -387,9 +387,9 @@ def _genesis(args) -> Genesis:
 
     path = args.genesis
     if path is None:
-        import os
-        env = os.environ.get("RISKMASK_LEDGER_DIR")
-        path = (Path(env) if env else Path.home() / ".riskmask" / "ledger") / "genesis.json"
+        from ledger.cluster import default_dir
+
+        path = default_dir() / "genesis.json"
     try:
         return Genesis.load(Path(path).expanduser())
     except ConfigError as exc:

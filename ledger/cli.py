@@ -26,7 +26,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
     def dir_opt(q: argparse.ArgumentParser) -> None:
         q.add_argument("--dir", type=Path, default=None,
-                       help="cluster directory (default: $RISKMASK_LEDGER_DIR or ~/.riskmask/ledger)")
+                       help="cluster directory (default: $RISKMASK_LEDGER_DIR or ./.riskmask/ledger)")
 
     q = lsub.add_parser("init", help="create genesis, client keys and node configs")
     q.add_argument("--validators", type=int, default=4, help="number of validator nodes (default 4)")

@@ -50,8 +50,9 @@ class ClusterError(Exception):
 
 
 def default_dir() -> Path:
+    """``$RISKMASK_LEDGER_DIR``, else ``ledger/`` under the local stack's root (``$RISKMASK_HOME`` or ``./.riskmask``)."""
     env = os.environ.get(ENV_LEDGER_DIR)
-    return Path(env) if env else Path.home() / ".riskmask" / "ledger"
+    return Path(env) if env else Path(os.environ.get("RISKMASK_HOME") or ".riskmask") / "ledger"
 
 
 def public_key_of(seed: bytes) -> bytes:

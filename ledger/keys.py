@@ -40,9 +40,9 @@ def key_id(key: bytes) -> bytes:
 
 
 def default_keys_dir() -> Path:
-    """``$RISKMASK_KEYS_DIR`` or ``~/.riskmask/keys``."""
+    """``$RISKMASK_KEYS_DIR``, else ``keys/`` under the local stack's root (``$RISKMASK_HOME`` or ``./.riskmask``)."""
     env = os.environ.get(ENV_KEYS_DIR)
-    return Path(env) if env else Path.home() / ".riskmask" / "keys"
+    return Path(env) if env else Path(os.environ.get("RISKMASK_HOME") or ".riskmask") / "keys"
 
 
 @dataclass

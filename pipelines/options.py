@@ -60,6 +60,27 @@ class RiskmaskOptions(PipelineOptions):
                             help="Flink checkpoint interval in ms (required on Flink: offsets commit on checkpoints)")
         parser.add_argument("--savepoint_path", default=None, help="Flink savepoint to restore the job from")
 
+        # Recognition, risk lookup and audit (docs/recognition.md)
+        parser.add_argument("--recognizer_threads", type=int, default=1, help="onnxruntime threads of SFace")
+        parser.add_argument("--min_face_px", type=int, default=24, help="narrower faces are not recognised")
+        parser.add_argument("--track_state", choices=("instance", "beam"), default="instance",
+                            help="where per-camera face tracks live (instance keeps the frame path fused)")
+        parser.add_argument("--track_max_gap", type=int, default=5, help="frames a missed face stays masked")
+        parser.add_argument("--reverify_every", type=int, default=25, help="re-embed a track every N frames")
+        parser.add_argument("--match_threshold", type=float, default=0.50, help="SFace cosine for a match")
+        parser.add_argument("--match_margin", type=float, default=0.08, help="lead over the second subject")
+        parser.add_argument("--watchlist_max_staleness_s", type=float, default=30.0,
+                            help="older watchlist: every face gets the strongest mask")
+        parser.add_argument("--watchlist_sync_interval_s", type=float, default=5.0)
+        parser.add_argument("--ledger_dir", default=None,
+                            help="ledger cluster directory (genesis, keys/pipeline.key); none: empty watchlist")
+        parser.add_argument("--keys_dir", default=None, help="privacy keyring directory (KEKs)")
+        parser.add_argument("--subject_ref_key_file", default=None,
+                            help="key for the short references of disclosed subjects; none: no references")
+        parser.add_argument("--audit_block_records", type=int, default=250)
+        parser.add_argument("--audit_block_seconds", type=float, default=10.0)
+        parser.add_argument("--anchor_audit_blocks", action="store_true", default=False,
+                            help="anchor each audit block's Merkle root on the ledger (needs --ledger_dir)")
 
 def validate(options: PipelineOptions) -> RiskmaskOptions:
     """Check every option; raise OptionsError with one readable line on the first problem."""
@@ -92,6 +113,20 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError(f"max records per bundle must be 1..100000, got {opts.max_records_per_bundle}")
     if not 0.01 <= opts.max_bundle_seconds <= 60:
         raise OptionsError(f"max bundle seconds must be 0.01..60, got {opts.max_bundle_seconds}")
+    if not 0.363 <= opts.match_threshold < 1.0:
+        raise OptionsError(f"match threshold must be in [0.363, 1), got {opts.match_threshold}")
+    if not 0.0 <= opts.match_margin < 1.0:
+        raise OptionsError(f"match margin must be in [0, 1), got {opts.match_margin}")
+    if not 0 < opts.watchlist_sync_interval_s < opts.watchlist_max_staleness_s:
+        raise OptionsError("need 0 < watchlist sync interval < watchlist max staleness")
+    if not 0 <= opts.track_max_gap <= 250 or not 1 <= opts.reverify_every <= 10_000:
+        raise OptionsError("track max gap must be 0..250 and reverify every 1..10000 frames")
+    if not 1 <= opts.recognizer_threads <= 64 or opts.min_face_px < 1:
+        raise OptionsError("recognizer threads must be 1..64 and min face px >= 1")
+    if not 1 <= opts.audit_block_records <= 100_000 or not 0 < opts.audit_block_seconds <= 3600:
+        raise OptionsError("audit block records must be 1..100000 and audit block seconds in (0, 3600]")
+    if opts.anchor_audit_blocks and not opts.ledger_dir:
+        raise OptionsError("--anchor_audit_blocks needs --ledger_dir")
     _validate_runner(options, opts)
     return opts
 

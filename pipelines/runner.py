@@ -38,10 +38,13 @@ def pipeline_args(args: argparse.Namespace) -> list[str]:
     if args.bounded:
         out.append("--bounded")
     for flag in ("job_endpoint", "environment_type", "environment_config", "checkpointing_interval",
-                 "parallelism", "max_parallelism", "savepoint_path"):
+                 "parallelism", "max_parallelism", "savepoint_path", "ledger_dir", "keys_dir",
+                 "match_threshold", "match_margin", "audit_block_records", "audit_block_seconds"):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"--{flag}={value}")
+    if getattr(args, "anchor_audit_blocks", False):
+        out.append("--anchor_audit_blocks")
     if args.runner in ("PortableRunner", "FlinkRunner") and not args.bounded:
         out.append("--streaming")
     out.extend(args.pipeline_arg or [])
@@ -55,6 +58,8 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
 
     from pipelines.options import validate
     from pipelines.pipeline import build
+    from pipelines.transforms.audit import audit_from_options
+    from pipelines.transforms.enrich_risk import recognition_from_options
 
     options = PipelineOptions(list(argv))
     opts = validate(options)
@@ -62,7 +67,9 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
                 opts.dlq_topic, opts.group_id, options.get_all_options().get("runner"),
                 "bounded" if opts.bounded else "streaming")
     p = beam.Pipeline(options=options)
-    build(p, opts, detector_factory=detector_factory)
+
+    build(p, opts, detector_factory=detector_factory, recognition=recognition_from_options(opts),
+          audit=audit_from_options(opts))
     result = p.run()
     state = result.wait_until_finish()
     return str(state)
@@ -109,6 +116,17 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                    help="Flink max parallelism")
     p.add_argument("--savepoint-path", "--savepoint_path", dest="savepoint_path", default=None,
                    help="Flink savepoint to restore")
+    rec = p.add_argument_group("recognition, risk lookup and audit (docs/recognition.md)")
+    rec.add_argument("--ledger-dir", default=None,
+                     help="ledger cluster directory (genesis, pipeline key); without it no one is recognised and "
+                          "every face gets the strongest mask")
+    rec.add_argument("--keys-dir", default=None, help="privacy keyring directory (key-encryption keys)")
+    rec.add_argument("--match-threshold", type=float, default=None, help="SFace cosine for a match (default 0.50)")
+    rec.add_argument("--match-margin", type=float, default=None, help="lead over the second subject (default 0.08)")
+    rec.add_argument("--audit-block-records", type=int, default=None, help="records per audit block (default 250)")
+    rec.add_argument("--audit-block-seconds", type=float, default=None, help="capture seconds per audit block")
+    rec.add_argument("--anchor-audit-blocks", action="store_true",
+                     help="anchor each audit block's Merkle root on the ledger (needs --ledger-dir)")
     p.add_argument("--pipeline-arg", action="append", default=[], metavar="FLAG",
                    help="extra Beam pipeline flag, e.g. --pipeline-arg=--direct_num_workers=2 (repeatable)")
     p.set_defaults(func=_run_main)
