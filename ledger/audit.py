@@ -367,7 +367,7 @@ def add_commands(sub) -> None:
         q = asub.add_parser(name, help=helptext)
         q.add_argument("--genesis", type=Path, default=None,
                        help="genesis.json (default: <$RISKMASK_LEDGER_DIR or ./.riskmask/ledger>/genesis.json)")
-        q.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the local broker)")
+        q.add_argument("--bootstrap-servers", "--bootstrap", dest="bootstrap", default=None, help="Kafka bootstrap servers (default: the local broker)")
         q.add_argument("--ledger-topic", default="ledger.blocks")
         q.add_argument("--audit-topic", default="audit.blocks",
                        help="audit block topic, checked when it exists ('' to skip)")

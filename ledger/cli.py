@@ -33,6 +33,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     q.add_argument("--out", type=Path, default=None, help="cluster directory to create")
     q.add_argument("--chain-id", default=None, help="chain id (default: random)")
     q.add_argument("--force", action="store_true", help="replace an existing cluster directory's keys and data")
+    q.add_argument("--hosts", default=None,
+                   help="comma-separated address of each validator (deployments); default: free loopback ports")
+    q.add_argument("--p2p-port", type=int, default=26656, help="p2p port with --hosts (default 26656)")
+    q.add_argument("--api-port", type=int, default=26657, help="API port with --hosts (default 26657)")
     q.set_defaults(func=_cmd_init)
 
     q = lsub.add_parser("up", help="start the node processes and wait for the first block")
@@ -68,7 +72,9 @@ def _dir(args: argparse.Namespace) -> Path:
 def _cmd_init(args: argparse.Namespace) -> int:
     out = (args.out or default_dir()).expanduser()
     try:
-        init_cluster(out, args.validators, args.chain_id, force=args.force)
+        hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
+        init_cluster(out, args.validators, args.chain_id, force=args.force, hosts=hosts,
+                     p2p_port=args.p2p_port, api_port=args.api_port)
     except ClusterError as exc:
         raise UserError(str(exc)) from None
     print(f"ledger cluster of {args.validators} validators created in {out}")

@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -107,8 +107,14 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None, force: bool = False,
-                 host: str = "127.0.0.1", overrides: Optional[dict] = None) -> Path:
-    """Create a cluster directory: genesis, client registry, key files (0600) and node configs."""
+                 host: str = "127.0.0.1", overrides: Optional[dict] = None,
+                 hosts: Optional[Sequence[str]] = None, p2p_port: int = 26656, api_port: int = 26657) -> Path:
+    """Create a cluster directory: genesis, client registry, key files (0600) and node configs.
+
+    Without ``hosts`` every node gets free loopback ports (a local cluster). With ``hosts`` (one address per
+    validator, for compose or Kubernetes) each node listens on 0.0.0.0 at the fixed ``p2p_port``/``api_port``
+    and genesis advertises ``host:port``.
+    """
     out = Path(out)
     if not 1 <= validators <= 64:
         raise ClusterError("--validators must be between 1 and 64")
@@ -124,12 +130,18 @@ def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None,
         shutil.rmtree(out / "data")
     keys.mkdir(mode=0o700, exist_ok=True)
     os.chmod(keys, 0o700)
-    ports = free_ports(2 * validators, host)
+    if hosts is not None and len(hosts) != validators:
+        raise ClusterError(f"--hosts names {len(hosts)} hosts for {validators} validators")
+    ports = free_ports(2 * validators, host) if hosts is None else []
     vals = []
     for i in range(validators):
         seed = os.urandom(32)
         KeyFile(seed, "validator", i, f"node{i}").save(keys / f"node{i}.key")
-        vals.append(ValidatorInfo(i, public_key_of(seed), f"{host}:{ports[2 * i]}", f"{host}:{ports[2 * i + 1]}"))
+        if hosts is None:
+            p2p, api = f"{host}:{ports[2 * i]}", f"{host}:{ports[2 * i + 1]}"
+        else:
+            p2p, api = f"{hosts[i]}:{p2p_port}", f"{hosts[i]}:{api_port}"
+        vals.append(ValidatorInfo(i, public_key_of(seed), p2p, api))
     genesis = Genesis(chain_id or f"riskmask-{uuid.uuid4().hex[:8]}", int(time.time() * 1000), tuple(vals))
     write_json(out / "genesis.json", genesis.to_dict())
     clients = []
@@ -142,6 +154,8 @@ def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None,
         cfg = {"format": "riskmask-ledger-node/1", "index": v.index, "genesis_file": "genesis.json",
                "clients_file": "clients.json", "key_file": f"keys/node{v.index}.key",
                "data_dir": f"data/node{v.index}", "p2p_listen": v.p2p_address, "api_listen": v.api_address}
+        if hosts is not None:
+            cfg.update(p2p_listen=f"0.0.0.0:{p2p_port}", api_listen=f"0.0.0.0:{api_port}")
         cfg.update(overrides or {})
         write_json(out / f"node{v.index}.json", cfg)
     # Validate what was written, exactly as a node will read it.

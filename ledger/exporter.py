@@ -303,7 +303,8 @@ def add_command(ledger_sub) -> None:
     p = ledger_sub.add_parser("export", help="export finalized blocks with commit certificates to Kafka",
                               description="Copy finalized blocks to the ledger.blocks topic, resuming after the "
                                           "last exported height found on the topic.")
-    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the local broker)")
+    p.add_argument("--bootstrap-servers", "--bootstrap", dest="bootstrap", default=None,
+                   help="Kafka bootstrap servers (default: the local broker)")
     p.add_argument("--topic", default="ledger.blocks")
     p.add_argument("--ledger-dir", type=Path, default=None, help="ledger cluster directory (genesis, keys)")
     p.add_argument("--key", type=Path, default=None, help="client key (default: <ledger-dir>/keys/auditor.key)")
