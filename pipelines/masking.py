@@ -42,8 +42,12 @@ def gaussian(roi: np.ndarray, sigma: float, kernel: int = 0) -> np.ndarray:
     """Gaussian blur; an explicit odd ``kernel`` is honoured exactly (the paper's D), else derived from sigma."""
     if sigma <= 0:
         return roi.copy()
-    k = kernel if kernel and kernel % 2 == 1 else 2 * math.ceil(3 * sigma) + 1
-    if kernel or k <= MAX_DIRECT_KERNEL:
+    derived = 2 * math.ceil(3 * sigma) + 1
+    # A kernel that is just the +-3 sigma default is not a constraint (the default policy writes it down for
+    # the record); only a deliberate one such as the paper's D is applied exactly.
+    exact = bool(kernel) and kernel % 2 == 1 and kernel != derived
+    k = kernel if exact else derived
+    if exact or k <= MAX_DIRECT_KERNEL:
         return cv2.GaussianBlur(roi, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
     # downscale so the remaining sigma is ~4 px, blur there, upscale smoothly
     f = sigma / 4.0
