@@ -88,7 +88,8 @@ class Watchlist:
         try:
             entry = self._open(p, rec)
         except (privacy.PrivacyError, KeyError, ValueError) as exc:
-            logger.warning("watchlist: subject %s v%s not usable yet: %s", p.hex()[:12], rec.get("version"),
+            # no pseudonym in logs: a pseudonym is personal data (invariant 3)
+            logger.warning("watchlist: a subject record (v%s) is not usable yet: %s", rec.get("version"),
                            type(exc).__name__)
             with self._lock:
                 # an older version stays usable only if this one merely lacks its key on that node
