@@ -67,5 +67,12 @@ def test_detector_failure_masks_whole_frame_and_flags_degraded(kafka_bootstrap):
             assert [f.source for f in rf.faces] == ["whole_frame"]
             assert changed > 0.5, changed  # the whole frame, not only faces
         else:
-            assert len(rf.faces) == 2 and all(f.source == "detected" for f in rf.faces)
-            assert changed < 0.3, changed  # faces only
+            # tracking may add gap-filled masks where faces of earlier frames were (fail closed); the two
+            # faces of this frame must be detected
+            assert sum(f.source == "detected" for f in rf.faces) == 2
+            assert {f.source for f in rf.faces} <= {"detected", "gap_filled"}
+            diff = np.abs(image.astype(int) - frames[seq].image.astype(int)).mean(axis=2) > 8
+            for f in rf.faces:
+                if f.source == "gap_filled":
+                    diff[max(0, f.y - f.h):f.y + 2 * f.h, max(0, f.x - f.w):f.x + 2 * f.w] = False
+            assert diff.mean() < 0.3, diff.mean()  # faces only
