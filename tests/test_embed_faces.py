@@ -262,3 +262,32 @@ def test_set_if_field_sets_only_fields_the_element_has() -> None:
     assert set_if_field(WithId(), recognizer_id="sface", watchlist_height=3).recognizer_id == "sface"
     frame = make_frame(np.zeros((4, 4, 3), np.uint8), 0, [])
     assert set_if_field(frame, no_such_field=1) is frame
+
+
+def test_track_only_mode_gap_fills_without_embedding(detector: Any, clip_frames: list[np.ndarray]) -> None:
+    class NeverCalled:  # a unit-test stand-in: embedding must not happen in track-only mode
+        def embed(self, image: np.ndarray, dets: list[Any]) -> np.ndarray:
+            raise AssertionError("track-only mode embedded a face")
+
+    tracker = FaceTracker(TrackerConfig(max_gap=3))
+    cfg = EmbedConfig(tracker=tracker.config, embed=False)
+    sources = []
+    for seq, image in enumerate(clip_frames[:6]):
+        dets = [] if seq == 3 else detector.detect(image)
+        out, stats = track_and_embed(make_frame(image, seq, dets), tracker, NeverCalled(), cfg)
+        (face,) = out.detections
+        assert face.embedding is None and stats["embedded"] == 0
+        sources.append(face.source)
+    assert sources == [DETECTED, DETECTED, DETECTED, GAP_FILLED, DETECTED, DETECTED]
+
+
+def test_recognition_without_a_ledger_tracks_but_does_not_embed() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.transforms.enrich_risk import recognition_from_options
+
+    without = recognition_from_options(SimpleNamespace(ledger_dir=None))
+    with_ledger = recognition_from_options(SimpleNamespace(ledger_dir="/nonexistent/ledger"))
+    embed_cfg = [t._config for t in without._parts if isinstance(t, EmbedFaces)]  # type: ignore[attr-defined]
+    assert [c.embed for c in embed_cfg] == [False]
+    assert [t._config.embed for t in with_ledger._parts if isinstance(t, EmbedFaces)] == [True]  # type: ignore

@@ -48,12 +48,16 @@ STAGE = "embed_faces"
 @dataclass(frozen=True)
 class EmbedConfig:
     """``min_face_px``: faces narrower than this are not embedded (SFace templates of tiny faces are noise
-    and could only produce false matches); they stay unknown and get the strongest mask."""
+    and could only produce false matches); they stay unknown and get the strongest mask.
+
+    ``embed=False`` keeps tracking and gap filling but embeds nothing and loads no recogniser: used when no
+    watchlist is configured, where every face is unknown anyway (SFace costs ~50 ms per face on one core)."""
 
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     min_face_px: int = 24
     recognizer_threads: int = 1
     state: str = "instance"  # or "beam" (see the module docstring)
+    embed: bool = True  # False: track and gap-fill only (no watchlist to match against, so no SFace cost)
     max_cameras: int = 4096  # instance state: least recently seen cameras are forgotten beyond this
 
     def __post_init__(self) -> None:
@@ -118,7 +122,8 @@ def track_and_embed(frame: Any, tracker: FaceTracker, recognizer: Any, config: E
         return frame.replace(degraded=True, degraded_reason=f"{STAGE}: tracking failed"), stats
 
     to_embed = [a for a in step.assignments
-                if (a.embed or tracker.held_embedding(a.track_id)[0] is None)
+                if config.embed and recognizer is not None
+                and (a.embed or tracker.held_embedding(a.track_id)[0] is None)
                 and min(dets[a.index].w, dets[a.index].h) >= config.min_face_px
                 and getattr(dets[a.index], "landmarks", None) is not None]
     fresh = embed_batch(recognizer, frame.image, [dets[a.index] for a in to_embed])
@@ -179,7 +184,7 @@ class _EmbedFnBase(beam.DoFn):
         self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def setup(self) -> None:
-        self._recognizer = self._factory()
+        self._recognizer = self._factory() if self._config.embed else None
 
     def _run(self, frame: Any, tracker: FaceTracker) -> Any:
         start = time.perf_counter()

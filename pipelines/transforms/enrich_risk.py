@@ -297,7 +297,8 @@ def recognition_from_options(opts: Any, recognizer_factory: Optional[Callable[[]
     """``EmbedFaces | EnrichRisk`` configured from pipeline options (defaults for options not defined):
     recognizer_threads, min_face_px, track_state, track_max_gap, reverify_every, match_threshold,
     match_margin, watchlist_max_staleness_s, watchlist_sync_interval_s, ledger_dir, keys_dir,
-    subject_ref_key_file. Without ``ledger_dir`` the watchlist is empty: every face gets the strongest mask."""
+    subject_ref_key_file. Without ``ledger_dir`` the watchlist is empty: every face gets the strongest mask
+    and no face is embedded (tracking and gap filling still run)."""
     from pipelines.tracking import TrackerConfig
     from pipelines.transforms.embed_faces import EmbedConfig, EmbedFaces
 
@@ -305,7 +306,9 @@ def recognition_from_options(opts: Any, recognizer_factory: Optional[Callable[[]
                                               reverify_every=int(_opt(opts, "reverify_every", 25))),
                         min_face_px=int(_opt(opts, "min_face_px", 24)),
                         recognizer_threads=int(_opt(opts, "recognizer_threads", 1)),
-                        state=str(_opt(opts, "track_state", "instance")))
+                        state=str(_opt(opts, "track_state", "instance")),
+                        # Without a ledger nobody can be recognised: track and gap-fill, but skip SFace.
+                        embed=_opt(opts, "ledger_dir", None) is not None or source_factory is not None)
     ref_key = None
     key_file = _opt(opts, "subject_ref_key_file", None)
     if key_file:
