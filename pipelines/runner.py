@@ -10,6 +10,7 @@ committed only when a checkpoint completes. Any other Beam flag can be passed wi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -51,8 +52,12 @@ def pipeline_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], Any]] = None) -> str:
-    """Build and run the pipeline for Beam flags ``argv``; returns the final state (blocks until it ends)."""
+def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], Any]] = None,
+                 metrics_out: Optional[str] = None) -> str:
+    """Build and run the pipeline for Beam flags ``argv``; returns the final state (blocks until it ends).
+
+    ``metrics_out``: when the run ends, write the stages' counters and timing distributions there as JSON
+    (see :func:`metrics_summary`)."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -72,7 +77,35 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
           audit=audit_from_options(opts))
     result = p.run()
     state = result.wait_until_finish()
+    if metrics_out:
+        summary = {"state": str(state), **metrics_summary(result)}
+        with open(metrics_out, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=1, sort_keys=True)
+        logger.info("stage metrics written to %s", metrics_out)
     return str(state)
+
+
+def metrics_summary(result: Any) -> dict[str, Any]:
+    """Committed Beam metrics of a finished run: ``{"counters": {"stage/name": n}, "distributions":
+    {"stage/name": {count, sum, min, max, mean}}}``. Every stage records ``frame_us``, its processing time per
+    frame, so the distributions' sums give the share of time per stage."""
+    counters: dict[str, int] = {}
+    dists: dict[str, dict[str, float]] = {}
+    query = result.metrics().query()
+    for item in query.get("counters", []):
+        key = f"{item.key.metric.namespace}/{item.key.metric.name}"
+        counters[key] = counters.get(key, 0) + int(item.committed or 0)
+    for item in query.get("distributions", []):
+        key = f"{item.key.metric.namespace}/{item.key.metric.name}"
+        d = item.committed
+        if d is None or not d.count:
+            continue
+        prev = dists.get(key, {"count": 0, "sum": 0, "min": d.min, "max": d.max})
+        merged = {"count": prev["count"] + d.count, "sum": prev["sum"] + d.sum,
+                  "min": min(prev["min"], d.min), "max": max(prev["max"], d.max)}
+        merged["mean"] = round(merged["sum"] / merged["count"], 1)
+        dists[key] = merged
+    return {"counters": dict(sorted(counters.items())), "distributions": dict(sorted(dists.items()))}
 
 
 def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -127,6 +160,8 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     rec.add_argument("--audit-block-seconds", type=float, default=None, help="capture seconds per audit block")
     rec.add_argument("--anchor-audit-blocks", action="store_true",
                      help="anchor each audit block's Merkle root on the ledger (needs --ledger-dir)")
+    p.add_argument("--metrics-out", default=None, metavar="FILE",
+                   help="when the run ends (e.g. --bounded), write per-stage counters and timings as JSON here")
     p.add_argument("--pipeline-arg", action="append", default=[], metavar="FLAG",
                    help="extra Beam pipeline flag, e.g. --pipeline-arg=--direct_num_workers=2 (repeatable)")
     p.set_defaults(func=_run_main)
@@ -155,7 +190,7 @@ def _run_main(args: argparse.Namespace) -> int:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     argv = pipeline_args(args)
     try:
-        state = run_pipeline(argv)
+        state = run_pipeline(argv, metrics_out=getattr(args, "metrics_out", None))
     except Exception as exc:
         cause = _user_facing(exc)
         if cause is not None:

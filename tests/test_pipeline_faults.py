@@ -7,6 +7,7 @@ come out normally; nothing is lost.
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 
 import cv2
@@ -39,7 +40,7 @@ def _flaky_factory():
     return _FlakyDetector()
 
 
-def test_detector_failure_masks_whole_frame_and_flags_degraded(kafka_bootstrap):
+def test_detector_failure_masks_whole_frame_and_flags_degraded(kafka_bootstrap, tmp_path):
     from infra import broker as embedded
 
     tag = uuid.uuid4().hex[:8]
@@ -50,8 +51,15 @@ def test_detector_failure_masks_whole_frame_and_flags_degraded(kafka_bootstrap):
                                     for i, s in enumerate(frames)])
     state = run_pipeline([f"--kafka_bootstrap_servers={kafka_bootstrap}", "--runner=FnApiRunner", "--bounded",
                           f"--raw_topic={raw}", f"--redacted_topic={redacted}", f"--dlq_topic={dlq}",
-                          f"--group_id=g-{tag}"], detector_factory=_flaky_factory)
+                          f"--group_id=g-{tag}"], detector_factory=_flaky_factory,
+                         metrics_out=str(tmp_path / "metrics.json"))
     assert "DONE" in state
+    # Every stage timed every frame; the degraded frames are counted.
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for stage in ("decode", "detect_faces", "embed_faces", "mask_faces", "encode"):
+        assert metrics["distributions"][f"{stage}/frame_us"]["count"] == N_FRAMES, stage
+        assert metrics["distributions"][f"{stage}/frame_us"]["sum"] > 0
+    assert metrics["counters"]["detect_faces/frames_degraded"] == 3
     reader = TopicReader(kafka_bootstrap, redacted)
     outputs = reader.poll_until(lambda r: len(r) >= N_FRAMES, 30)
     reader.close()

@@ -9,9 +9,11 @@ bundle finalizer, after this). Duplicates after a retry or a restart carry the s
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from pipelines.frame import OutboundMessage
 from pipelines.kafkaio.errors import SendFailedError
@@ -28,6 +30,7 @@ class _WriteFn(beam.DoFn):
         self._producer_config = producer_config
         self._producer: Any = None
         self._futures: list[Any] = []
+        self._flush = Metrics.distribution("kafka_sink", "flush_us")
 
     def setup(self) -> None:
         from kafka import KafkaProducer
@@ -53,7 +56,9 @@ class _WriteFn(beam.DoFn):
     def finish_bundle(self) -> None:
         if not self._futures:
             return
+        start = time.perf_counter()
         self._producer.flush()
+        self._flush.update(int((time.perf_counter() - start) * 1e6))
         failed = [f for f in self._futures if f.failed()]
         pending = [f for f in self._futures if not f.is_done]
         n = len(self._futures)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import time
 from typing import Iterator, Optional
 
 import apache_beam as beam
 import cv2
 import numpy as np
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 
 from pipelines.frame import FrameContext, KafkaRecord
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
@@ -111,10 +113,14 @@ class _DecodeFn(beam.DoFn):
     def __init__(self, max_frame_bytes: int, max_pixels: int) -> None:
         self._max_frame_bytes = max_frame_bytes
         self._max_pixels = max_pixels
+        self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def process(self, rec: KafkaRecord) -> Iterator[object]:
         try:
-            yield decode_frame(rec, self._max_frame_bytes, self._max_pixels)
+            start = time.perf_counter()
+            frame = decode_frame(rec, self._max_frame_bytes, self._max_pixels)
+            self._latency.update(int((time.perf_counter() - start) * 1e6))
+            yield frame
         except DecodeError as exc:
             ids = getattr(exc, "ids", {})
             logger.warning("frame %s/%s/%s to DLQ: %s", rec.topic, rec.partition, rec.offset, exc.reason)

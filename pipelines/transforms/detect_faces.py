@@ -8,14 +8,17 @@ frame is marked degraded and MaskFaces masks all of it (fail closed); it is neve
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from pipelines.frame import FrameContext
 
 logger = logging.getLogger(__name__)
 
+STAGE = "detect_faces"
 DetectorFactory = Callable[[], Any]
 
 
@@ -41,6 +44,8 @@ class _DetectFn(beam.DoFn):
         self._threshold = score_threshold
         self._factory = factory
         self._detector: Any = None
+        self._latency = Metrics.distribution(STAGE, "frame_us")
+        self._degraded = Metrics.counter(STAGE, "frames_degraded")
 
     def setup(self) -> None:
         if self._factory is not None:
@@ -51,7 +56,11 @@ class _DetectFn(beam.DoFn):
             self._detector = load_detector(self._name, threads=self._threads, score_threshold=self._threshold)
 
     def process(self, frame: FrameContext) -> Iterator[FrameContext]:
-        yield detect(self._detector, frame)
+        start = time.perf_counter()
+        out = detect(self._detector, frame)
+        self._latency.update(int((time.perf_counter() - start) * 1e6))
+        self._degraded.inc(int(out.degraded))
+        yield out
 
 
 class DetectFaces(beam.PTransform):

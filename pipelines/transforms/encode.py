@@ -16,6 +16,7 @@ from typing import Iterator
 import apache_beam as beam
 import cv2
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 
 from pipelines.frame import DEDUPE_HEADER, SOURCE_HEADER, FrameContext, OutboundMessage
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
@@ -58,10 +59,14 @@ def redacted_message(rf: RedactedFrame) -> OutboundMessage:
 class _EncodeFn(beam.DoFn):
     def __init__(self, quality: int) -> None:
         self._quality = quality
+        self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def process(self, frame: FrameContext) -> Iterator[object]:
         try:
-            yield redacted_message(encode_frame(frame, self._quality))
+            start = time.perf_counter()
+            msg = redacted_message(encode_frame(frame, self._quality))
+            self._latency.update(int((time.perf_counter() - start) * 1e6))
+            yield msg
         except Exception as exc:  # encoder or schema failure: the frame goes to the DLQ, never out unmasked
             logger.warning("encode failed on %s: %s", frame.source_ref, type(exc).__name__)
             yield pvalue.TaggedOutput(DLQ_TAG, dead_letter(

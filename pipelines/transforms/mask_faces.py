@@ -11,14 +11,18 @@ modified: the stage masks a copy.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Iterator
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from pipelines.frame import FrameContext
 from schemas.messages import FaceDecision
 
 logger = logging.getLogger(__name__)
+
+STAGE = "mask_faces"
 
 
 def _whole_frame_decision(frame: FrameContext) -> FaceDecision:
@@ -80,6 +84,7 @@ class _MaskFn(beam.DoFn):
     def __init__(self, policy: str) -> None:
         self._policy_name = policy
         self._policy: Any = None
+        self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def setup(self) -> None:
         from pipelines.policy import Policy
@@ -87,7 +92,10 @@ class _MaskFn(beam.DoFn):
         self._policy = Policy.load(self._policy_name)
 
     def process(self, frame: FrameContext) -> Iterator[FrameContext]:
-        yield mask_frame(self._policy, frame)
+        start = time.perf_counter()
+        out = mask_frame(self._policy, frame)
+        self._latency.update(int((time.perf_counter() - start) * 1e6))
+        yield out
 
 
 class MaskFaces(beam.PTransform):
