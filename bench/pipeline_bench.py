@@ -23,11 +23,8 @@ Prints a summary and writes bench/results/pipeline_bench.json.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import logging
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -38,6 +35,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from results_io import host_info, now_utc, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "pipeline_bench.json"
@@ -266,11 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline / deface = {pipe_fps / deface_result['fps']:.2f} (target >= 3)")
     result = {
         "benchmark": "pipeline_bench",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-                 "note": "shared machine: other processes ran concurrently; rounds alternate so that the bare "
-                         "loop and the pipeline see the same load"},
+        "date": now_utc(),
+        "host": host_info(note="shared machine: other processes ran concurrently; rounds alternate so that "
+                               "the bare loop and the pipeline see the same load"),
         "frame": {"size": list(SIZE), "jpeg_quality": 90, "faces_per_frame": 4, "face_widths_px": [20, 300],
                   "motion": "smooth tracks (infra.scenes.random_tracks)",
                   "source": "skimage astronaut (public domain) on skimage coffee, composed by infra.scenes"},
@@ -284,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": pipe,
         "deface": deface_result,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    write_result(RESULTS, result)
     return 0
 
 

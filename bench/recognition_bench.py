@@ -21,11 +21,9 @@ Prints a table and writes bench/results/recognition_bench.json.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from results_io import host_info, now_utc, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -196,9 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.down()
     result = {
         "benchmark": "recognition_bench",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "date": now_utc(),
+        "host": host_info(),
         "clip": {"size": list(SIZE), "frames": args.frames, "motion": "smooth tracks (infra.scenes)",
                  "sources": "demo cast (Subject A, Subject B, the bystander) and the astronaut photo, cycled",
                  "registered_subjects": n_registered},
@@ -207,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "sface_alone_embeddings_per_s": sface,
         "rows": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    write_result(RESULTS, result)
     return 0
 
 
