@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from riskmask.errors import ServiceError, UserError
 
@@ -120,9 +120,8 @@ def _set_parent_death_signal() -> None:  # runs in the child between fork and ex
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the service dies with the test process that spawned it
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live (non-zombie) processes in process group ``pgid`` (Linux /proc)."""
-    out = []
+def _live_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, fields of /proc/<pid>/stat after the command name) of every live (non-zombie) process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -130,24 +129,18 @@ def group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(entry.name))
-    return sorted(out)
+        if fields and fields[0] != "Z":
+            yield int(entry.name), fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (non-zombie) processes in process group ``pgid`` (Linux /proc)."""
+    return sorted(pid for pid, fields in _live_processes() if int(fields[2]) == pgid)
 
 
 def children_of(pid: int) -> list[int]:
     """Pids of the live direct children of ``pid`` (Linux /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return sorted(out)
+    return sorted(child for child, fields in _live_processes() if int(fields[1]) == pid)
 
 
 def _runs_module(pid: int, module: str) -> bool:

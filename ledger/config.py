@@ -23,6 +23,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from ledger.consensus.events import ConsensusParams
+
+_CONSENSUS = ConsensusParams()  # one source for the timeout defaults: the state machine's own
+
 ROLES = ("manager", "pipeline", "auditor", "validator")
 GENESIS_FORMAT = "riskmask-ledger-genesis/1"
 CLIENTS_FORMAT = "riskmask-ledger-clients/1"
@@ -254,15 +258,15 @@ class NodeConfig:
     p2p_listen: str = "127.0.0.1:0"
     api_listen: str = "127.0.0.1:0"
     # Consensus timeouts (seconds); each round's timeout grows by *_delta so a stalled round gets longer.
-    timeout_propose: float = 1.0
-    timeout_propose_delta: float = 0.5
-    timeout_prevote: float = 0.5
-    timeout_prevote_delta: float = 0.5
-    timeout_precommit: float = 0.5
-    timeout_precommit_delta: float = 0.5
-    timeout_max: float = 10.0
+    timeout_propose: float = _CONSENSUS.timeout_propose
+    timeout_propose_delta: float = _CONSENSUS.timeout_propose_delta
+    timeout_prevote: float = _CONSENSUS.timeout_prevote
+    timeout_prevote_delta: float = _CONSENSUS.timeout_prevote_delta
+    timeout_precommit: float = _CONSENSUS.timeout_precommit
+    timeout_precommit_delta: float = _CONSENSUS.timeout_precommit_delta
+    timeout_max: float = _CONSENSUS.timeout_max
     # Block building: propose as soon as transactions wait, else an empty block every block_interval.
-    block_interval: float = 1.0
+    block_interval: float = _CONSENSUS.timeout_commit
     max_block_txs: int = 2000
     max_block_bytes: int = 4 * 1024 * 1024
     max_tx_bytes: int = 72 * 1024  # the canonical encoding's own limit (ledger.codec.MAX_TX_BYTES)

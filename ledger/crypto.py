@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Optional
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -137,10 +137,15 @@ def verify_raw(public_key: bytes, signed: bytes, signature: bytes) -> bool:
 
 
 class CachingVerifier:
-    """A :data:`Verifier` that remembers results (LRU), so duplicate messages cost one hash, not a verify."""
+    """A :data:`Verifier` that remembers results (LRU), so duplicate messages cost one hash, not a verify.
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    ``backend`` does the actual check (default: OpenSSL through ``cryptography``, each key parsed once);
+    :mod:`ledger.fastverify` plugs in libsodium.
+    """
+
+    def __init__(self, max_entries: int = 65536, backend: Optional[Verifier] = None) -> None:
         self.max_entries = max_entries
+        self._backend = backend or self._openssl
         self._keys: dict[bytes, PublicKey | None] = {}
         self._cache: OrderedDict[bytes, bool] = OrderedDict()
         self.hits = 0
@@ -154,6 +159,13 @@ class CachingVerifier:
             self._cache.move_to_end(k)
             return hit
         self.misses += 1
+        ok = bool(self._backend(public_key, signed, signature))
+        self._cache[k] = ok
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return ok
+
+    def _openssl(self, public_key: bytes, signed: bytes, signature: bytes) -> bool:
         pk = self._keys.get(public_key, False)
         if pk is False:
             try:
@@ -162,8 +174,4 @@ class CachingVerifier:
                 pk = None
             if len(self._keys) < 4096:
                 self._keys[public_key] = pk
-        ok = pk is not None and pk.verify_signed(signed, signature)
-        self._cache[k] = ok
-        if len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
-        return ok
+        return pk is not None and pk.verify_signed(signed, signature)

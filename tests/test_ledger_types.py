@@ -378,3 +378,16 @@ def test_random_field_values_round_trip():
             data = obj.encode()
             back = type(obj).decode(data)
             assert back == obj and back.encode() == data
+
+
+def test_sodium_backend_agrees_with_openssl() -> None:
+    from ledger.fastverify import make_verifier, sodium_verify
+
+    key = crypto.PrivateKey.generate()
+    pub = key.public_key().to_bytes()
+    sig = key.sign_signed(b"block")
+    fast, plain = make_verifier(max_entries=8), crypto.CachingVerifier(max_entries=8)
+    for args in ((pub, b"block", sig), (pub, b"other", sig), (pub[:-1] + bytes([pub[-1] ^ 1]), b"block", sig),
+                 (pub[:5], b"block", sig), (pub, b"block", sig[:10])):
+        assert fast(*args) == plain(*args) == sodium_verify(*args) == crypto.verify_raw(*args)
+    assert fast(pub, b"block", sig) and fast.hits == 1
