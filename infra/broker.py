@@ -9,7 +9,6 @@ is killed: a failed start never leaves an orphan broker behind.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import importlib.util
 import json
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from riskmask import procs
 from riskmask.errors import ServiceError, UserError
 
 logger = logging.getLogger(__name__)
@@ -187,33 +187,12 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, ti
     return created
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the broker dies with the test process that spawned it
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped) is not a running broker
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _is_tansu(pid: int) -> bool:
     """Guard against pid reuse: only signal a process whose command line is a tansu broker."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return _pid_alive(pid)  # no /proc (not Linux): trust the pid file
-    return bool(cmdline) and cmdline[0].endswith(b"tansu") and b"broker" in cmdline
+    cmd = procs.cmdline(pid)
+    if cmd is None:
+        return procs.pid_alive(pid)  # no /proc (not Linux): trust the pid file
+    return bool(cmd) and cmd[0].endswith(b"tansu") and b"broker" in cmd
 
 
 class EmbeddedBroker:
@@ -250,7 +229,7 @@ class EmbeddedBroker:
                 logger.debug("removing unreadable broker state in %s", self.state_dir)
                 self._clear_state()
             return None
-        if not (_pid_alive(info.pid) and _is_tansu(info.pid)):
+        if not (procs.pid_alive(info.pid) and _is_tansu(info.pid)):
             logger.debug("removing stale broker state (pid %s is gone)", info.pid)
             self._clear_state()
             return None
@@ -289,7 +268,7 @@ class EmbeddedBroker:
             try:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         env=env, start_new_session=True, close_fds=True,
-                                        preexec_fn=_set_parent_death_signal if die_with_parent else None)
+                                        preexec_fn=procs.die_with_parent() if die_with_parent else None)
             except OSError as exc:
                 raise BrokerUsageError(f"cannot run the Tansu binary {binary}: {exc}") from None
         self._proc = proc
@@ -351,7 +330,7 @@ class EmbeddedBroker:
             if self._proc is not None and self._proc.pid == pid:
                 if self._proc.poll() is not None:  # our child: reap it so it leaves no zombie
                     return True
-            elif not _pid_alive(pid):
+            elif not procs.pid_alive(pid):
                 return True
             time.sleep(0.05)
         return False

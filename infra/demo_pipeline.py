@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from infra.stack import StackInfo
+from riskmask import procs
 from riskmask.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class PipelineProcess:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, preexec_fn=_die_with_parent)
+                                         env=env, preexec_fn=procs.die_with_parent(signal.SIGKILL))
 
     def finished(self) -> bool:
         return self.proc.poll() is not None
@@ -183,12 +184,6 @@ class Collector(threading.Thread):
         self._stop_evt.set()
         if self.is_alive():
             self.join(timeout=10)
-
-
-def _die_with_parent() -> None:  # runs in the pipeline child between fork and exec
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the demo
 
 
 def last_line(path: Path) -> str:

@@ -26,7 +26,6 @@ Developers: ``python -m infra.portable up`` prints the ``riskmask run`` flags, `
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import logging
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from riskmask import procs
 from riskmask.errors import ServiceError, UserError
 
 logger = logging.getLogger(__name__)
@@ -115,11 +115,6 @@ def child_env(python: str) -> dict[str, str]:
     return env
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the service dies with the test process that spawned it
-
-
 def _live_processes() -> Iterator[tuple[int, list[str]]]:
     """(pid, fields of /proc/<pid>/stat after the command name) of every live (non-zombie) process."""
     for entry in Path("/proc").iterdir():
@@ -145,10 +140,7 @@ def children_of(pid: int) -> list[int]:
 
 def _runs_module(pid: int, module: str) -> bool:
     """Guard against pid reuse: only signal a process whose command line runs ``module``."""
-    try:
-        return module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
+    return module.encode() in (procs.cmdline(pid) or [])
 
 
 def wait_grpc_ready(endpoint: str, timeout_s: float) -> bool:
@@ -266,7 +258,7 @@ class PortableServices:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         env=env, cwd=str(self.state_dir), start_new_session=True,
                                         close_fds=True,
-                                        preexec_fn=_set_parent_death_signal if die_with_parent else None)
+                                        preexec_fn=procs.die_with_parent() if die_with_parent else None)
             except OSError as exc:
                 raise PortableUsageError(f"cannot run {cmd[0]}: {exc}") from None
         self._procs[proc.pid] = proc

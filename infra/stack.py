@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from infra import broker as embedded
+from riskmask import procs
 from riskmask.errors import ServiceError, UserError
 
 logger = logging.getLogger(__name__)
@@ -96,22 +97,6 @@ def _noop(_: str) -> None:
     pass
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs; an exited child not yet reaped (a zombie) does not count."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 class Stack:
     """Start, stop and query the local stack under one state root."""
 
@@ -139,7 +124,7 @@ class Stack:
 
     def owner_alive(self) -> bool:
         owner = self.owner()
-        return owner == 0 or _pid_alive(owner)
+        return owner == 0 or procs.pid_alive(owner)
 
     def _write(self, info: StackInfo) -> None:
         data = asdict(info)
@@ -281,8 +266,8 @@ class Stack:
 def wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
     """Wait until the given pids have exited; returns those still alive after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    alive = [p for p in pids if _pid_alive(p)]
+    alive = [p for p in pids if procs.pid_alive(p)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
-        alive = [p for p in alive if _pid_alive(p)]
+        alive = [p for p in alive if procs.pid_alive(p)]
     return alive

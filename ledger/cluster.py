@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.client import ApiError, LedgerClient, Unavailable
 from ledger.config import (ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig, ValidatorInfo,
                            write_json)
+from riskmask import procs
 
 logger = logging.getLogger(__name__)
 
@@ -175,26 +176,11 @@ class NodeState:
     error: str = ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited child not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().split(b") ", 1)[1][:1] != b"Z"
-    except OSError:
-        return True
-
-
 def _is_our_node(pid: int, config: Path) -> bool:
     """True when ``pid`` runs ``ledger.node`` with this config (guards against recycled pids)."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return _pid_alive(pid)
+    cmd = procs.cmdline(pid)
+    if cmd is None:
+        return procs.pid_alive(pid)
     return b"ledger.node" in cmd and str(config).encode() in cmd
 
 
@@ -242,7 +228,7 @@ class Cluster:
             pid = int(self.pid_path(i).read_text().strip())
         except (OSError, ValueError):
             return None
-        if _pid_alive(pid) and _is_our_node(pid, self.config_path(i)):
+        if procs.pid_alive(pid) and _is_our_node(pid, self.config_path(i)):
             return pid
         return None
 
@@ -289,7 +275,7 @@ class Cluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._reap(i)
-            if not _pid_alive(pid):
+            if not procs.pid_alive(pid):
                 break
             time.sleep(0.05)
         else:
@@ -297,7 +283,7 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            while _pid_alive(pid):
+            while procs.pid_alive(pid):
                 self._reap(i)
                 time.sleep(0.05)
         self._reap(i)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra import broker as embedded
+from riskmask import procs
 
 CLI_TIMEOUT_S = 90
 
@@ -36,7 +37,7 @@ def _one_error_line(stderr: str) -> str:
 def _gone(pid: int, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not embedded._pid_alive(pid):
+        if not procs.pid_alive(pid):
             return True
         time.sleep(0.05)
     return False
