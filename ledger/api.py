@@ -31,7 +31,7 @@ from importlib import resources
 from typing import Any, Iterable, Optional, Protocol
 
 from ledger.auth import Authenticator
-from ledger.config import ClientInfo, ClientRegistry
+from ledger.config import SUBMIT_KINDS, ClientInfo, ClientRegistry
 from ledger.httpserver import Handler, HttpError, HttpServer, Request, Response, Route, Router
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,6 @@ logger = logging.getLogger(__name__)
 ALL_ROLES = frozenset({"manager", "pipeline", "auditor", "validator"})
 READ_ROLES = frozenset({"manager", "auditor", "validator"})
 SUBMIT_ROLES = frozenset({"manager", "pipeline", "validator"})
-# Which transaction kinds each role may submit (the kind comes from the transaction's payload op).
-SUBMIT_KINDS = {
-    "manager": frozenset({"register", "update", "erase"}),
-    "pipeline": frozenset({"anchor"}),
-    "validator": frozenset({"register", "update", "erase", "anchor", "other"}),
-}
 MAX_RANGE = 100
 
 

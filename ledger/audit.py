@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 from ledger import payloads
-from ledger.config import Genesis
+from ledger.config import SUBMIT_KINDS, ClientRegistry, Genesis
 from ledger.payloads import AnchorTx, PayloadError
 from schemas.messages import AuditBlock, LedgerBlock
 
 logger = logging.getLogger(__name__)
 
-KIND_NAMES = {1: "register", 2: "update", 3: "erase", 4: "anchor"}
 
 
 class BlockInvalid(Exception):
@@ -42,7 +41,9 @@ class BlockInvalid(Exception):
 
 
 def kind_name(kind: int) -> str:
-    return KIND_NAMES.get(kind, f"kind{kind}")
+    from ledger.types import TX_KIND_NAMES
+
+    return TX_KIND_NAMES.get(kind, f"kind{kind}")
 
 
 @dataclass
@@ -71,6 +72,7 @@ class AuditReport:
     audit_cameras: int = 0
     anchored_audit_blocks: int = 0
     unanchored_audit_blocks: int = 0
+    roles_checked: Optional[int] = None  # transactions whose sender's role was checked; None: no registry given
     warnings: list[str] = field(default_factory=list)
     failure: Optional[BlockInvalid] = None
 
@@ -90,6 +92,8 @@ class AuditReport:
         if self.signers:
             lines.append("  commit signatures per validator: "
                          + ", ".join(f"v{k}={v}" for k, v in sorted(self.signers.items())))
+        lines.append("  senders' roles not checked (no client registry given)" if self.roles_checked is None else
+                     f"  senders' roles checked against the client registry: {self.roles_checked} transaction(s)")
         lines.append(f"  anchors {self.anchors}" + (f" (+{self.opaque_anchors} anchor-kind txs without a registry "
                                                      "anchor payload)" if self.opaque_anchors else ""))
         if self.audit_blocks:
@@ -105,7 +109,10 @@ class AuditReport:
 class LedgerVerifier:
     """Stateful verifier of a ledger block stream (feed blocks in topic order)."""
 
-    def __init__(self, genesis: Genesis, verifier: Optional[Callable[[bytes, bytes, bytes], bool]] = None) -> None:
+    def __init__(self, genesis: Genesis, verifier: Optional[Callable[[bytes, bytes, bytes], bool]] = None,
+                 clients: Optional[ClientRegistry] = None) -> None:
+        """``clients``: the client registry (public keys and roles); when given, every transaction's sender
+        must be a validator or a registered client whose role may submit that kind (as nodes enforce)."""
         from ledger import crypto
         from ledger.types import validator_set_hash
 
@@ -116,12 +123,13 @@ class LedgerVerifier:
         self.genesis_hash = genesis.hash()
         self.validators_hash = validator_set_hash(self.keys)
         self.verify_sig = verifier or crypto.CachingVerifier()
+        self.clients = clients.with_validators(genesis) if clients is not None else None
         self.height = 0
         self.last_hash = self.genesis_hash
         self.last_time = 0
         self.hashes: dict[int, bytes] = {}
         self.anchors: dict[bytes, AnchorRecord] = {}
-        self.report = AuditReport(chain_id=self.chain_id)
+        self.report = AuditReport(chain_id=self.chain_id, roles_checked=0 if clients is not None else None)
 
     def feed_bytes(self, data: bytes, offset: Optional[int] = None) -> None:
         where = f"message at offset {offset}" if offset is not None else "message"
@@ -187,6 +195,8 @@ class LedgerVerifier:
                 raise self._fail(where, f"tx {i} labelled {ltx.kind!r} but is {kind_name(tx.kind)!r}", h)
             if not tx.verify_signature(self.chain_id):
                 raise self._fail(where, f"tx {i} signature is invalid", h)
+            if self.clients is not None:
+                self._check_role(tx.sender, kind_name(tx.kind), where, i, h)
             if tx.kind == payloads.OP_ANCHOR:
                 # A committed anchor-kind tx whose payload is not a registry anchor is not tampering (its
                 # signature and the certificate cover it) but it anchors nothing: counted, not indexed.
@@ -214,6 +224,16 @@ class LedgerVerifier:
         r.txs += len(msg.txs)
         r.kinds.update(t.kind for t in msg.txs)
         r.anchors = len(self.anchors)
+
+    def _check_role(self, sender: bytes, kind: str, where: str, i: int, h: int) -> None:
+        assert self.clients is not None
+        client = self.clients.lookup(sender.hex())
+        if client is None:
+            raise self._fail(where, f"tx {i} ({kind}) was sent by key {sender.hex()[:16]}..., which is neither a "
+                                    "validator nor a registered client", h)
+        if kind not in SUBMIT_KINDS.get(client.role, frozenset()):
+            raise self._fail(where, f"tx {i}: role {client.role!r} may not submit {kind!r} transactions", h)
+        self.report.roles_checked = (self.report.roles_checked or 0) + 1
 
     def _check_commit(self, msg: LedgerBlock, where: str, h: int) -> None:
         from ledger.types import PRECOMMIT, Vote
@@ -306,9 +326,11 @@ class AuditChainVerifier:
 
 def verify_stream(genesis: Genesis, ledger_msgs: Iterable[tuple[Optional[int], bytes]],
                   audit_msgs: Optional[Iterable[tuple[Any, bytes]]] = None,
-                  block_hash_fn: Optional[Callable[[AuditBlock], bytes]] = None) -> AuditReport:
-    """Verify a whole export; the report carries the first failure, if any."""
-    v = LedgerVerifier(genesis)
+                  block_hash_fn: Optional[Callable[[AuditBlock], bytes]] = None,
+                  clients: Optional[ClientRegistry] = None) -> AuditReport:
+    """Verify a whole export; the report carries the first failure, if any. With ``clients`` every
+    transaction's sender role is checked too."""
+    v = LedgerVerifier(genesis, clients=clients)
     report = v.report
     try:
         for offset, data in ledger_msgs:
@@ -367,6 +389,9 @@ def add_commands(sub) -> None:
         q = asub.add_parser(name, help=helptext)
         q.add_argument("--genesis", type=Path, default=None,
                        help="genesis.json (default: <$RISKMASK_LEDGER_DIR or ./.riskmask/ledger>/genesis.json)")
+        q.add_argument("--clients", type=Path, default=None,
+                       help="client registry (clients.json: public keys and roles) to check every sender's role "
+                            "(default: clients.json beside the genesis file, when present)")
         q.add_argument("--bootstrap-servers", "--bootstrap", dest="bootstrap", default=None, help="Kafka bootstrap servers (default: the local broker)")
         q.add_argument("--ledger-topic", default="ledger.blocks")
         q.add_argument("--audit-topic", default="audit.blocks",
@@ -379,7 +404,8 @@ def add_commands(sub) -> None:
     del argparse
 
 
-def _genesis(args) -> Genesis:
+def _genesis(args) -> tuple[Genesis, Any]:
+    """The genesis and the path it was read from."""
     from pathlib import Path
 
     from ledger.config import ConfigError
@@ -391,7 +417,25 @@ def _genesis(args) -> Genesis:
 
         path = default_dir() / "genesis.json"
     try:
-        return Genesis.load(Path(path).expanduser())
+        return Genesis.load(Path(path).expanduser()), path
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _clients(args, genesis_path: Any) -> Optional[ClientRegistry]:
+    from pathlib import Path
+
+    from ledger.config import ConfigError
+    from riskmask.errors import UserError
+
+    path = args.clients
+    if path is None:
+        beside = Path(genesis_path).expanduser().parent / "clients.json"
+        if not beside.is_file():
+            return None
+        path = beside
+    try:
+        return ClientRegistry.load(Path(path).expanduser())
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 
@@ -403,7 +447,8 @@ def _report_json(r: AuditReport) -> str:
                        "last_height": r.last_height, "tip_hash": r.tip_hash.hex(), "duplicates": r.duplicates,
                        "txs": r.txs, "kinds": dict(r.kinds), "anchors": r.anchors, "audit_blocks": r.audit_blocks,
                        "anchored_audit_blocks": r.anchored_audit_blocks,
-                       "unanchored_audit_blocks": r.unanchored_audit_blocks, "warnings": r.warnings,
+                       "unanchored_audit_blocks": r.unanchored_audit_blocks, "roles_checked": r.roles_checked,
+                       "warnings": r.warnings,
                        "first_bad_block": None if r.failure is None else str(r.failure),
                        "first_bad_height": None if r.failure is None else r.failure.height}, indent=2)
 
@@ -411,7 +456,8 @@ def _report_json(r: AuditReport) -> str:
 def _cmd_verify(args) -> int:
     from ledger import exporter
 
-    genesis = _genesis(args)
+    genesis, genesis_path = _genesis(args)
+    clients = _clients(args, genesis_path)
     bootstrap = exporter.resolve_bootstrap(args.bootstrap)
     audit_msgs = None
     if args.audit_topic and exporter.topic_exists(bootstrap, args.audit_topic):
@@ -419,7 +465,8 @@ def _cmd_verify(args) -> int:
     if not exporter.topic_exists(bootstrap, args.ledger_topic):
         from riskmask.errors import UserError
         raise UserError(f"topic {args.ledger_topic!r} does not exist at {bootstrap}")
-    report = verify_stream(genesis, exporter.read_range(bootstrap, args.ledger_topic), audit_msgs)
+    report = verify_stream(genesis, exporter.read_range(bootstrap, args.ledger_topic), audit_msgs,
+                           clients=clients)
     print(_report_json(report) if args.json else report.summary())
     return 0 if report.ok else 1
 
@@ -427,9 +474,9 @@ def _cmd_verify(args) -> int:
 def _cmd_follow(args) -> int:
     from ledger import exporter
 
-    genesis = _genesis(args)
+    genesis, genesis_path = _genesis(args)
     bootstrap = exporter.resolve_bootstrap(args.bootstrap)
-    v = LedgerVerifier(genesis)
+    v = LedgerVerifier(genesis, clients=_clients(args, genesis_path))
     try:
         for offset, data in exporter.follow(bootstrap, args.ledger_topic, stop_after_idle_s=args.idle_exit):
             try:

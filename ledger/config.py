@@ -28,6 +28,12 @@ from ledger.consensus.events import ConsensusParams
 _CONSENSUS = ConsensusParams()  # one source for the timeout defaults: the state machine's own
 
 ROLES = ("manager", "pipeline", "auditor", "validator")
+# Which transaction kinds each role may submit: enforced by the nodes at admission, re-checked by the auditor.
+SUBMIT_KINDS: Mapping[str, frozenset[str]] = {
+    "manager": frozenset({"register", "update", "erase"}),
+    "pipeline": frozenset({"anchor"}),
+    "validator": frozenset({"register", "update", "erase", "anchor", "other"}),
+}
 GENESIS_FORMAT = "riskmask-ledger-genesis/1"
 CLIENTS_FORMAT = "riskmask-ledger-clients/1"
 NODE_FORMAT = "riskmask-ledger-node/1"

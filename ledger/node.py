@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ledger import crypto, p2p, sync
-from ledger.api import SUBMIT_KINDS, LedgerApi
-from ledger.config import ClientInfo, ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig
+from ledger.api import LedgerApi
+from ledger.config import SUBMIT_KINDS, ClientInfo, ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig
 from ledger.consensus.events import (STEP_PROPOSAL, BlockContent, Broadcast, ChainTip,
                                      CommitReceived, ConsensusParams, Decide, PersistSigned, ProposalReceived,
                                      RecordEvidence, RequestSync, ScheduleTimeout, TimeoutFired, TxsAvailable,
@@ -38,12 +38,11 @@ from ledger.fastverify import make_verifier
 from ledger.mempool import Mempool, MempoolFull
 from ledger.nodeview import NodeView
 from ledger.store import Store, StoreError
-from ledger.types import (Block, CommitCertificate, Evidence, Proposal, Transaction, Vote, decode_message,
-                          tx_hash, verify_commit)
+from ledger.types import (TX_KIND_NAMES, Block, CommitCertificate, Evidence, Proposal, Transaction, Vote,
+                          decode_message, tx_hash, verify_commit)
 
 logger = logging.getLogger(__name__)
 
-KIND_NAMES = {1: "register", 2: "update", 3: "erase", 4: "anchor"}
 STATUS_INTERVAL_S = 1.0
 GOSSIP_INTERVAL_S = 0.005
 SYNC_TIMEOUT_S = 5.0
@@ -371,7 +370,7 @@ class LedgerNode(NodeView):
         sender = self.clients.lookup(tx.sender.hex())
         if sender is None:
             return "forbidden: transaction sender is not a registered client"
-        kind = KIND_NAMES.get(tx.kind, "other")
+        kind = TX_KIND_NAMES.get(tx.kind, "other")
         if kind not in SUBMIT_KINDS.get(sender.role, frozenset()):
             return f"forbidden: sender role {sender.role} may not submit {kind} transactions"
         if caller_role is not None and kind not in SUBMIT_KINDS.get(caller_role, frozenset()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -276,3 +276,25 @@ def test_audit_block_tampering_detected(net: Net) -> None:
     assert report.ok and report.unanchored_audit_blocks == 1 and "not in the exported ledger" in report.summary()
     report = verify(net, chain, ablocks[:1] + ablocks[2:])
     assert not report.ok and "expected index 1" in str(report.failure)
+
+
+def _registry(**roles: crypto.PrivateKey) -> Any:
+    from ledger.config import ClientInfo, ClientRegistry
+
+    return ClientRegistry({k.public_key().to_bytes().hex(): ClientInfo(k.public_key().to_bytes(), role, role)
+                           for role, k in roles.items()})
+
+
+def test_sender_roles_checked_against_the_client_registry(net: Net) -> None:
+    chain = [(i, m.to_bytes()) for i, m in enumerate(build_chain(net))]
+    ok = audit.verify_stream(net.genesis, chain, clients=_registry(manager=net.manager, pipeline=net.pipeline))
+    assert ok.ok, ok.summary()
+    assert ok.roles_checked == 2 * N_BLOCKS and "roles checked" in ok.summary()
+    unchecked = audit.verify_stream(net.genesis, chain)
+    assert unchecked.ok and unchecked.roles_checked is None and "not checked" in unchecked.summary()
+    # The pipeline key swapped with the manager's: registrations now come from a pipeline-role key.
+    swapped = audit.verify_stream(net.genesis, chain, clients=_registry(manager=net.pipeline, pipeline=net.manager))
+    _failed_at(swapped, 1, "role 'pipeline' may not submit 'register'")
+    # A sender the registry does not know.
+    missing = audit.verify_stream(net.genesis, chain, clients=_registry(manager=net.manager))
+    _failed_at(missing, 1, "neither a validator nor a registered client")
