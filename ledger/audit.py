@@ -66,6 +66,7 @@ class AuditReport:
     duplicates: int = 0
     kinds: Counter = field(default_factory=Counter)
     signers: Counter = field(default_factory=Counter)
+    evidence: Counter = field(default_factory=Counter)  # validator index -> verified misbehaviour records
     anchors: int = 0
     opaque_anchors: int = 0
     audit_blocks: int = 0
@@ -92,6 +93,9 @@ class AuditReport:
         if self.signers:
             lines.append("  commit signatures per validator: "
                          + ", ".join(f"v{k}={v}" for k, v in sorted(self.signers.items())))
+        if self.evidence:
+            lines.append("  misbehaviour evidence (verified): "
+                         + ", ".join(f"v{k} x{v}" for k, v in sorted(self.evidence.items())))
         lines.append("  senders' roles not checked (no client registry given)" if self.roles_checked is None else
                      f"  senders' roles checked against the client registry: {self.roles_checked} transaction(s)")
         lines.append(f"  anchors {self.anchors}" + (f" (+{self.opaque_anchors} anchor-kind txs without a registry "
@@ -213,6 +217,7 @@ class LedgerVerifier:
             raise self._fail(where, f"header counts {header.num_txs} txs, block carries {len(bodies)}", h)
         if merkle.merkle_root(bodies) != header.tx_root:
             raise self._fail(where, "transaction Merkle root does not match the header", h)
+        offenders = self._check_evidence(msg, header.evidence_hash, where, h)
         self._check_commit(msg, where, h)
         # accepted
         self.height, self.last_hash, self.last_time = h, msg.block_hash, header.timestamp_ms
@@ -224,6 +229,28 @@ class LedgerVerifier:
         r.txs += len(msg.txs)
         r.kinds.update(t.kind for t in msg.txs)
         r.anchors = len(self.anchors)
+        r.evidence.update(offenders)
+
+    def _check_evidence(self, msg: LedgerBlock, evidence_hash: bytes, where: str, h: int) -> list[int]:
+        """Re-hash the carried evidence against the header and verify each item; returns the offenders."""
+        from ledger import merkle
+        from ledger.types import Evidence
+
+        items = []
+        for i, raw in enumerate(msg.evidence):
+            ev = Evidence.decode(raw)
+            if ev.encode() != raw:
+                raise self._fail(where, f"evidence {i} encoding is not canonical", h)
+            try:
+                ev.verify(self.chain_id, self.keys, self.verify_sig)
+            except Exception as exc:  # ValidationError / SignatureError: a forged or malformed accusation
+                raise self._fail(where, f"evidence {i} does not verify: {exc}", h) from None
+            items.append(ev)
+        if merkle.merkle_root(list(msg.evidence)) != evidence_hash:
+            raise self._fail(where, "carried evidence does not match the header's evidence hash (evidence missing "
+                                    "or altered; a block exported before evidence was carried must be re-exported)",
+                             h)
+        return [ev.validator for ev in items]
 
     def _check_role(self, sender: bytes, kind: str, where: str, i: int, h: int) -> None:
         assert self.clients is not None
@@ -448,6 +475,7 @@ def _report_json(r: AuditReport) -> str:
                        "txs": r.txs, "kinds": dict(r.kinds), "anchors": r.anchors, "audit_blocks": r.audit_blocks,
                        "anchored_audit_blocks": r.anchored_audit_blocks,
                        "unanchored_audit_blocks": r.unanchored_audit_blocks, "roles_checked": r.roles_checked,
+                       "evidence": {str(k): v for k, v in sorted(r.evidence.items())},
                        "warnings": r.warnings,
                        "first_bad_block": None if r.failure is None else str(r.failure),
                        "first_bad_height": None if r.failure is None else r.failure.height}, indent=2)

@@ -163,7 +163,7 @@ def last_value(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Optional[
 
 def to_ledger_block(block_bytes: bytes, cert_bytes: bytes) -> "LedgerBlock":
     """A stored block + commit certificate as the Avro LedgerBlock of ``ledger.blocks``."""
-    from ledger.types import Block, CommitCertificate
+    from ledger.types import TX_KIND_NAMES, Block, CommitCertificate
     from schemas.messages import CommitSig, LedgerBlock, LedgerTx
 
     blk = Block.decode(block_bytes)
@@ -173,13 +173,11 @@ def to_ledger_block(block_bytes: bytes, cert_bytes: bytes) -> "LedgerBlock":
     return LedgerBlock(
         chain_id=blk.header.chain_id, height=blk.header.height, block_hash=blk.hash(),
         header=blk.header.encode(),
-        txs=tuple(LedgerTx(kind=TX_KINDS.get(tx.kind, f"kind{tx.kind}"), tx_hash=tx.hash(), body=tx.encode())
+        txs=tuple(LedgerTx(kind=TX_KIND_NAMES.get(tx.kind, f"kind{tx.kind}"), tx_hash=tx.hash(), body=tx.encode())
                   for tx in blk.txs),
         commit=tuple(CommitSig(validator_index=s.validator, round=s.round, signature=s.signature)
-                     for s in cert.sigs))
-
-
-TX_KINDS = {1: "register", 2: "update", 3: "erase", 4: "anchor"}
+                     for s in cert.sigs),
+        evidence=tuple(ev.encode() for ev in blk.evidence))
 
 
 def last_exported_height(bootstrap: str, topic: str, chain_id: str, timeout_s: float = 30.0) -> int:

@@ -177,6 +177,7 @@ class LedgerBlock(Message):
     header: bytes
     txs: tuple[LedgerTx, ...] = ()
     commit: tuple[CommitSig, ...] = ()
+    evidence: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

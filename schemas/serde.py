@@ -7,6 +7,10 @@ fingerprint lets a reader refuse a message of another schema before it parses a 
 Schemas are read from the ``*.avsc`` files beside this module once per process, on first use (no work at
 import time), and cross-file named types (e.g. ``riskmask.v1.FaceDecision``) are inlined so that each
 schema is self-contained and its fingerprint is stable.
+
+Earlier versions of a schema live in ``history/<file>.v<N>.avsc``: messages written with one of them (found by
+fingerprint) are still read, projected onto the current schema with defaults for the fields they lack, so a
+topic written before an upgrade stays readable after it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
 SCHEMA_DIR = Path(__file__).resolve().parent
+HISTORY_DIR = SCHEMA_DIR / "history"
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 # Hard limit on a single decoded message: a 4K JPEG is ~2 MB; anything far above is hostile or a mistake.
@@ -76,6 +81,18 @@ def _catalog() -> dict[str, tuple[Any, bytes]]:
         full = _inline(copy.deepcopy(doc), raw, set())
         parsed = fastavro.parse_schema(full)
         out[name] = (parsed, _fingerprint_of(parsed))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _history() -> dict[str, dict[bytes, Any]]:
+    """full name -> {fingerprint: parsed schema} of the earlier versions kept in ``history/``."""
+    raw = _raw_schemas()
+    out: dict[str, dict[bytes, Any]] = {}
+    for path in sorted(HISTORY_DIR.glob("*.avsc")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        parsed = fastavro.parse_schema(_inline(doc, raw, set()))
+        out.setdefault(f"{doc['namespace']}.{doc['name']}", {})[_fingerprint_of(parsed)] = parsed
     return out
 
 
@@ -167,6 +184,8 @@ def decode(name: str, data: bytes, reader_schema: Any = None,
         writer = parsed
     elif writer_schemas and fp in writer_schemas:
         writer = writer_schemas[fp]
+    elif fp in _history().get(_resolve(name), {}):
+        writer = _history()[_resolve(name)][fp]  # an earlier version of this schema
     elif reader_schema is not None and fp == _fingerprint_of(reader_schema):
         writer = reader_schema  # written by the same (newer) version the caller reads with
     else:

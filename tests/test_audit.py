@@ -59,7 +59,8 @@ def _cert(net: Net, height: int, block_hash: bytes, signers=(0, 1, 2), keys=None
 
 
 def build_chain(net: Net, n: int = N_BLOCKS, roots: Optional[dict[int, tuple[bytes, int, int]]] = None,
-                header_hook: Optional[Callable[[int, BlockHeader], BlockHeader]] = None) -> list[LedgerBlock]:
+                header_hook: Optional[Callable[[int, BlockHeader], BlockHeader]] = None,
+                evidence: Optional[dict[int, list]] = None) -> list[LedgerBlock]:
     """A valid exported chain (each block: one register, one anchor), optionally with a mutated header."""
     prev = net.genesis.hash()
     vhash = validator_set_hash(net.genesis.public_keys())
@@ -67,7 +68,7 @@ def build_chain(net: Net, n: int = N_BLOCKS, roots: Optional[dict[int, tuple[byt
     for h in range(1, n + 1):
         root = (roots or {}).get(h, (crypto.sha256(b"root%d" % h), h * 1000, h * 1000 + 2))
         blk = Block.build(CHAIN, h, 0, 1_700_000_000_000 + h * 1000, prev, (h % 4), vhash,
-                          [_register_tx(net, h), _anchor_tx(net, h, root)])
+                          [_register_tx(net, h), _anchor_tx(net, h, root)], (evidence or {}).get(h, ()))
         if header_hook is not None:
             blk = Block(header_hook(h, blk.header), blk.txs, blk.evidence)
         cert = _cert(net, h, blk.hash(), signers=(0, 1, 2, 3) if h % 2 else (0, 2, 3))
@@ -298,3 +299,26 @@ def test_sender_roles_checked_against_the_client_registry(net: Net) -> None:
     # A sender the registry does not know.
     missing = audit.verify_stream(net.genesis, chain, clients=_registry(manager=net.manager))
     _failed_at(missing, 1, "neither a validator nor a registered client")
+
+
+def _double_vote(net: Net, validator: int, height: int, key: Optional[crypto.PrivateKey] = None) -> Any:
+    from ledger.types import Evidence
+
+    k = key or net.keys[validator]
+    a = Vote.create(k, CHAIN, PRECOMMIT, height, 0, crypto.sha256(b"one"), validator)
+    b = Vote.create(k, CHAIN, PRECOMMIT, height, 0, crypto.sha256(b"two"), validator)
+    return Evidence.of(a, b)
+
+
+def test_evidence_is_carried_reverified_and_reported(net: Net) -> None:
+    chain = build_chain(net, evidence={3: [_double_vote(net, 2, 2)]})
+    assert len(chain[2].evidence) == 1 and LedgerBlock.from_bytes(chain[2].to_bytes()) == chain[2]
+    report = verify(net, chain)
+    assert report.ok, report.summary()
+    assert report.evidence == {2: 1} and "v2 x1" in report.summary()
+    # Evidence stripped from the exported block: the header's evidence hash no longer matches.
+    _failed_at(verify(net, chain[:2] + [dataclasses.replace(chain[2], evidence=())] + chain[3:]), 3,
+               "evidence hash")
+    # An accusation forged with another key fails verification even when the header commits to it.
+    forged = build_chain(net, evidence={3: [_double_vote(net, 1, 2, key=crypto.PrivateKey.generate())]})
+    _failed_at(verify(net, forged), 3, "evidence 0 does not verify")

@@ -46,6 +46,8 @@ def _expected_type(avro_type: typing.Any) -> typing.Any:
         return typing.Optional[_expected_type(avro_type[1])]
     if avro_type.get("type") == "array":
         items = avro_type["items"]
+        if isinstance(items, str) and items in PRIMITIVES:
+            return tuple[PRIMITIVES[items], ...]
         name = items["name"] if isinstance(items, dict) else items
         return tuple[getattr(m, name.rsplit(".", 1)[-1]), ...]
     raise AssertionError(f"unexpected Avro type {avro_type}")
@@ -68,7 +70,8 @@ def test_dataclass_fields_match_avsc(cls: type[m.Message]) -> None:
         df = dc_fields[name]
         has_default = df.default is not dataclasses.MISSING
         if "default" in af:
-            assert has_default and df.default == (None if af["default"] is None else af["default"]), name
+            expected = tuple(af["default"]) if isinstance(af["default"], list) else af["default"]
+            assert has_default and df.default == expected, name
         elif has_default:  # allowed only as the empty list of an array field
             assert df.default == () and isinstance(af["type"], dict) and af["type"]["type"] == "array", name
     for name, nested in cls.NESTED.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import struct
 
@@ -61,7 +62,8 @@ SAMPLES: dict[str, dict] = {
         "header": b"\x0a\x20" + bytes(range(32)),
         "txs": [{"kind": "register", "tx_hash": hashlib.sha256(b"t1").digest(), "body": b"\x01" * 300},
                 {"kind": "anchor", "tx_hash": hashlib.sha256(b"t2").digest(), "body": RED_SHA}],
-        "commit": [{"validator_index": i, "round": 0, "signature": bytes([i]) * 64} for i in range(3)]},
+        "commit": [{"validator_index": i, "round": 0, "signature": bytes([i]) * 64} for i in range(3)],
+        "evidence": [b"\x07" * 150]},
     "riskmask.v1.DeadLetter": {
         "source_topic": "frames.raw", "source_partition": 0, "source_offset": 5, "camera_id": "gate-3",
         "epoch": T0, "seq": 5, "stage": "decode", "reason": "corrupt", "detail": "CameraFrame: EOFError",
@@ -283,3 +285,19 @@ def test_incompatible_reader_is_a_schema_error() -> None:
         serde.decode("CameraFrame", FRAME, reader_schema=bad)
     with pytest.raises(serde.SchemaError, match="bad_reader_schema"):
         serde.decode("CameraFrame", FRAME, reader_schema={"type": "record", "name": "X", "fields": "nope"})
+
+
+def test_earlier_schema_versions_in_history_stay_readable() -> None:
+    # A LedgerBlock written with v1 (before the evidence field) reads as one with no evidence carried.
+    import fastavro
+
+    v1 = fastavro.parse_schema(json.loads((serde.HISTORY_DIR / "ledger_block.v1.avsc").read_text()))
+    old = {k: v for k, v in SAMPLES["riskmask.v1.LedgerBlock"].items() if k != "evidence"}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, v1, old)
+    fp = serde._fingerprint_of(v1)
+    assert fp != serde.fingerprint("LedgerBlock")
+    decoded = serde.decode("LedgerBlock", serde.MAGIC + fp + buf.getvalue())
+    assert decoded == {**old, "evidence": []}
+    with pytest.raises(serde.SchemaError, match="foreign_schema"):  # a fingerprint of no version at all
+        serde.decode("LedgerBlock", serde.MAGIC + b"\x01" * 8 + buf.getvalue())
