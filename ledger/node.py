@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,13 +28,14 @@ from ledger import crypto, p2p, sync
 from ledger.api import LedgerApi
 from ledger.config import SUBMIT_KINDS, ClientInfo, ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig
 from ledger.consensus.events import (STEP_PROPOSAL, BlockContent, Broadcast, ChainTip,
-                                     CommitReceived, ConsensusParams, Decide, PersistSigned, ProposalReceived,
+                                     ConsensusParams, Decide, PersistSigned, ProposalReceived,
                                      RecordEvidence, RequestSync, ScheduleTimeout, TimeoutFired, TxsAvailable,
                                      VoteReceived)
 from ledger.consensus.state import ConsensusState
 from ledger.errors import LedgerError
 from ledger.fastverify import make_verifier
 from ledger.mempool import Mempool, MempoolFull
+from ledger.node_sync import BlockSync, SyncDone
 from ledger.nodeview import NodeView
 from ledger.store import Store, StoreError
 from ledger.types import (TX_KIND_NAMES, Block, CommitCertificate, Evidence, Proposal, Transaction, Vote,
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 1.0
 GOSSIP_INTERVAL_S = 0.005
-SYNC_TIMEOUT_S = 5.0
 MAX_FUTURE_MS = 10_000
 MAX_PENDING_EVIDENCE = 1000
 ADMIT_CHUNK = 8  # transactions verified between yields to the event loop
@@ -56,19 +55,11 @@ ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
 _START = object()  # queue marker: run ConsensusState.start()
 
 
-@dataclass(frozen=True)
-class _SyncDone:
-    """Queue marker after a batch of synced blocks: check it was applied, fetch more if peers are ahead."""
-
-    peer: int
-    upto: int
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class LedgerNode(NodeView):
+class LedgerNode(BlockSync, NodeView):
     """One validator node. ``await start()``, then ``await stop()``."""
 
     def __init__(self, cfg: NodeConfig) -> None:
@@ -201,7 +192,7 @@ class LedgerNode(NodeView):
                 ev = self._events.popleft()
                 if ev is _START:
                     actions = self.consensus.start()
-                elif isinstance(ev, _SyncDone):
+                elif isinstance(ev, SyncDone):
                     self._sync_done(ev)
                     continue
                 else:
@@ -519,53 +510,6 @@ class LedgerNode(NodeView):
             ahead = [p for p, h in self._peer_heights.items() if h > self.store.height and p in self.p2p.peers]
             if ahead:
                 self._request_sync(self.store.height + 1, prefer=max(ahead, key=self._peer_heights.get))
-
-    # -- sync ----------------------------------------------------------------------------------------------
-    def _request_sync(self, height: int, prefer: Optional[int] = None) -> None:
-        if self._sync_inflight is not None and time.monotonic() < self._sync_inflight[2]:
-            return
-        height = max(height, self.store.height + 1)
-        peers = self.p2p.connected()
-        if not peers:
-            return
-        if prefer is None or prefer not in peers:
-            cands = [p for p in peers if self._peer_heights.get(p, 0) >= height] or peers
-            prefer = max(cands, key=lambda p: self._peer_heights.get(p, 0))
-        self._sync_inflight = (prefer, height, time.monotonic() + SYNC_TIMEOUT_S)
-        self.p2p.send(prefer, p2p.T_SYNC_REQ, sync.encode_request(height, sync.MAX_SYNC_BLOCKS))
-
-    def _sync_response(self, start: int, count: int) -> bytes:
-        items, total = [], 0
-        for b in self.store.get_blocks(start, start + count - 1):
-            if items and total + len(b.block) + len(b.cert) > sync.MAX_SYNC_BYTES:
-                break
-            items.append((b.block, b.cert))
-            total += len(b.block) + len(b.cert)
-        return sync.encode_response(items)
-
-    def _on_sync_response(self, peer: int, items: list[tuple[bytes, bytes]]) -> None:
-        """Queue the blocks that extend our chain (consensus verifies each certificate), then check progress."""
-        self._sync_inflight = None
-        expect = self.store.height + 1
-        fed = 0
-        for braw, craw in items:
-            block = Block.decode(braw)
-            h = block.header.height
-            if h < expect:
-                continue
-            if h != expect:
-                break
-            self.feed(CommitReceived(block, CommitCertificate.decode(craw)))
-            expect += 1
-            fed += 1
-        if fed:
-            self.feed(_SyncDone(peer, expect - 1))
-
-    def _sync_done(self, ev: "_SyncDone") -> None:
-        if self.store.height < ev.upto:
-            logger.warning("sync: block %d from validator %d was not accepted", self.store.height + 1, ev.peer)
-        elif self._peer_heights.get(ev.peer, 0) > self.store.height:
-            self._request_sync(self.store.height + 1, prefer=ev.peer)
 
 
 async def _retry_bind(start: Any, wait_s: float = 10.0) -> Any:
