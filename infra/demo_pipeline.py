@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,8 +35,8 @@ class PipelineProcess:
     """``riskmask run`` against the stack, as a child process logging to a file."""
 
     def __init__(self, info: StackInfo, extra: list[str], log_path: Path) -> None:
-        cmd = [sys.executable, "-m", "riskmask", "run", "--bootstrap-servers", info.bootstrap,
-               "--group-id", GROUP_ID, *extra]
+        cmd = procs.python_module("riskmask", "run", "--bootstrap-servers", info.bootstrap,
+                                  "--group-id", GROUP_ID, *extra)
         env = dict(os.environ, **info.env(), PYTHONUNBUFFERED="1")
         self.log_path = log_path
         with open(log_path, "ab") as log:

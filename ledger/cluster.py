@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -252,7 +251,7 @@ class Cluster:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.node", "--config", str(self.config_path(i)), *extra_args],
+            procs.python_module("ledger.node", "--config", str(self.config_path(i)), *extra_args),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             cwd=str(self.dir), env=env)
         log.close()

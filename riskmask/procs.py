@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -43,3 +44,11 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
 
     return _preexec
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """Command line running ``python -m module args`` with this interpreter, safely: on Python 3.11+ ``-P``
+    keeps the working directory off ``sys.path``, so a folder there named like one of our packages (a ledger
+    or keys directory in a state folder) cannot shadow the installed code."""
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe, "-m", module, *args]

@@ -42,3 +42,12 @@ def test_child_dies_with_its_parent() -> None:
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive
+
+
+def test_python_module_ignores_lookalike_folders_in_the_working_directory(tmp_path) -> None:
+    # A state folder holding `ledger/keys` (as RISKMASK_HOME does) must not shadow the installed packages.
+    (tmp_path / "ledger" / "keys").mkdir(parents=True)
+    out = subprocess.run(procs.python_module("riskmask", "keys", "--help"), capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert "usage:" in out.stdout
