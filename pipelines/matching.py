@@ -8,7 +8,10 @@ a suspect, so every doubt resolves to "no match". Why the defaults are 0.50 and 
 
 Cost: one float32 matrix product (queries x templates) and two argmax passes (best template, then best
 template of any other subject). One query alone is memory-bound (it streams the whole template matrix);
-the faces of a frame are matched in one call. Measurements: bench/matching_bench.py.
+the faces of a frame are matched in one call. This is the reference path; large watchlists are matched by
+:class:`pipelines.matching_int8.Int8Scan` (an int8 copy scanned first, float32 rescoring of everything that
+could change a decision), which makes the same decisions at a quarter of the memory traffic.
+Measurements: bench/matching_bench.py.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def match(queries: np.ndarray, templates: np.ndarray, offsets: np.ndarray,
     entries from 0 to N; ``owners`` (from :func:`owners_of`) may be passed to save recomputing it. Returns
     one :class:`MatchResult` per query, in order.
     """
-    q = _check_queries(queries)
+    q = check_queries(queries)
     if q.shape[0] == 0:
         return []
     n_subjects = _check_table(templates, offsets, q.shape[1])
@@ -132,7 +135,8 @@ def decide(subjects: np.ndarray, best: np.ndarray, second: np.ndarray, config: M
     return out
 
 
-def _check_queries(queries: np.ndarray) -> np.ndarray:
+def check_queries(queries: np.ndarray) -> np.ndarray:
+    """Queries as a finite float32 (M, D) matrix (one (D,) vector becomes one row); :class:`MatchingError` else."""
     q = np.asarray(queries)
     if q.ndim == 1:
         q = q[None, :]

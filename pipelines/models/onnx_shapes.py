@@ -40,7 +40,8 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise OnnxEditError("varint too long")
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint (negative values as their 64-bit two's complement)."""
     value &= (1 << 64) - 1
     out = bytearray()
     while True:
@@ -80,8 +81,9 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
         yield num, wt, payload, buf[start:pos]
 
 
-def _ld(num: int, payload: bytes) -> bytes:
-    return _varint((num << 3) | 2) + _varint(len(payload)) + payload
+def length_delimited(num: int, payload: bytes) -> bytes:
+    """Protobuf field ``num`` of wire type 2 (bytes, string, embedded message)."""
+    return varint((num << 3) | 2) + varint(len(payload)) + payload
 
 
 def _value_info_name(vi: bytes) -> str:
@@ -95,10 +97,10 @@ def _shape_bytes(dims: Sequence[int | str]) -> bytes:
     out = bytearray()
     for d in dims:
         if isinstance(d, str):
-            dim = _ld(_DIM_PARAM, d.encode("utf-8"))
+            dim = length_delimited(_DIM_PARAM, d.encode("utf-8"))
         else:
-            dim = _varint(_DIM_VALUE << 3) + _varint(int(d))
-        out += _ld(_SHAPE_DIM, dim)
+            dim = varint(_DIM_VALUE << 3) + varint(int(d))
+        out += length_delimited(_SHAPE_DIM, dim)
     return bytes(out)
 
 
@@ -113,8 +115,8 @@ def _rewrite_type(buf: bytes, dims: Sequence[int | str] | None) -> bytes:
                     continue
                 tensor += r2
             if dims is not None:
-                tensor += _ld(_TENSOR_SHAPE, _shape_bytes(dims))
-            out += _ld(_TYPE_TENSOR, bytes(tensor))
+                tensor += length_delimited(_TENSOR_SHAPE, _shape_bytes(dims))
+            out += length_delimited(_TYPE_TENSOR, bytes(tensor))
         else:
             out += raw
     return bytes(out)
@@ -124,7 +126,7 @@ def _rewrite_value_info(vi: bytes, dims: Sequence[int | str] | None) -> bytes:
     out = bytearray()
     for num, wt, payload, raw in _fields(vi):
         if num == _VI_TYPE and wt == 2:
-            out += _ld(_VI_TYPE, _rewrite_type(payload, dims))
+            out += length_delimited(_VI_TYPE, _rewrite_type(payload, dims))
         else:
             out += raw
     return bytes(out)
@@ -156,13 +158,13 @@ def set_io_dims(model: bytes, inputs: Mapping[str, Sequence[int | str]],
                 table = inputs if n2 == _GRAPH_INPUT else outputs
                 if name in table:
                     found.add(name)
-                    graph += _ld(n2, _rewrite_value_info(p2, table[name]))
+                    graph += length_delimited(n2, _rewrite_value_info(p2, table[name]))
                     continue
                 if n2 == _GRAPH_OUTPUT and free_other_outputs:
-                    graph += _ld(n2, _rewrite_value_info(p2, None))
+                    graph += length_delimited(n2, _rewrite_value_info(p2, None))
                     continue
             graph += r2
-        out += _ld(_MODEL_GRAPH, bytes(graph))
+        out += length_delimited(_MODEL_GRAPH, bytes(graph))
     if not graph_seen:
         raise OnnxEditError("no graph in model")
     missing = (set(inputs) | set(outputs)) - found
