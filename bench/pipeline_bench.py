@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -130,9 +131,9 @@ class Stream:
 
 
 def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, rounds: int, paced_fps: float,
-                  log: Path) -> dict:
-    """Start `riskmask run`, then alternate bare-loop and saturated-pipeline rounds (the machine is shared, so
-    both see the same load), then one paced round for latency."""
+                  log: Path, deface: Optional[Path] = None) -> dict:
+    """Start `riskmask run`, then alternate bare-loop, saturated-pipeline and (when installed) deface rounds
+    (the machine is shared, so all see the same load), then one paced round for latency."""
     from infra import broker as embedded
 
     tag = uuid.uuid4().hex[:8]
@@ -153,7 +154,7 @@ def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, rounds: int, paced
             raise RuntimeError(f"pipeline produced nothing; see {log}")
         startup_s = time.monotonic() - t_launch
 
-        bare_rounds, pipe_rounds = [], []
+        bare_rounds, pipe_rounds, deface_rounds = [], [], []
         for r in range(rounds):
             bare_rounds.append(bare_loop(jpegs, n))
             epoch = 10 + r
@@ -165,7 +166,11 @@ def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, rounds: int, paced
             sat = [v for k, v in stream.arrivals.items() if k[0] == epoch]
             seconds = max(a for a, _ in sat) - t0
             pipe_rounds.append({"frames": len(sat), "seconds": round(seconds, 3), "fps": round(len(sat) / seconds, 2)})
-            print(f"round {r + 1}: bare {bare_rounds[-1]['fps']} frames/s, pipeline {pipe_rounds[-1]['fps']} frames/s")
+            line = f"round {r + 1}: bare {bare_rounds[-1]['fps']} frames/s, pipeline {pipe_rounds[-1]['fps']} frames/s"
+            if deface is not None:
+                deface_rounds.append(deface_run(deface, jpegs, n))
+                line += f", deface {deface_rounds[-1]['fps']} frames/s"
+            print(line)
 
         paced_fps = paced_fps or round(0.4 * float(np.median([b["fps"] for b in bare_rounds])), 2)
         period = 1.0 / paced_fps
@@ -183,6 +188,7 @@ def pipeline_runs(bootstrap: str, jpegs: list[bytes], n: int, rounds: int, paced
                                 "p99": round(float(np.percentile(lat, 99)), 1),
                                 "max": round(float(lat.max()), 1)}}
         return {"startup_s": round(startup_s, 1), "bare_rounds": bare_rounds, "saturated_rounds": pipe_rounds,
+                "deface_rounds": deface_rounds,
                 "paced": paced, "runner": "FnApiRunner", "command": " ".join(cmd[1:])}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -238,18 +244,19 @@ def main(argv: list[str] | None = None) -> int:
 
         brk = embedded.EmbeddedBroker(state_dir=tmp)
         bootstrap = brk.start(port=0, topics=(), die_with_parent=True).bootstrap
+    deface = Path(args.deface)
     try:
-        pipe = pipeline_runs(bootstrap, jpegs, args.frames, args.rounds, args.paced_fps, tmp / "run.log")
+        pipe = pipeline_runs(bootstrap, jpegs, args.frames, args.rounds, args.paced_fps, tmp / "run.log",
+                             deface if deface.is_file() else None)
     finally:
         if brk is not None:
             brk.stop()
-    deface = Path(args.deface)
-    if deface.is_file():
-        bare_next = bare_loop(jpegs, args.frames)
-        deface_result = deface_run(deface, jpegs, args.frames)
-        deface_result["bare_loop_fps_same_time"] = bare_next["fps"]
-        print(f"deface: {deface_result['fps']} frames/s (bare loop just before: {bare_next['fps']})")
+    if pipe["deface_rounds"]:
+        deface_result = dict(pipe["deface_rounds"][0], rounds=pipe.pop("deface_rounds"))
+        deface_result["fps"] = round(float(np.median([d["fps"] for d in deface_result["rounds"]])), 2)
+        print(f"deface: {deface_result['fps']} frames/s (median of {len(deface_result['rounds'])} rounds)")
     else:
+        pipe.pop("deface_rounds")
         deface_result = {"run": False, "note": f"{deface} not found: install deface==1.5.0 and onnxruntime in "
                          "a separate virtual environment (it pins other imageio/OpenCV versions) to compare"}
     bare_fps = float(np.median([b["fps"] for b in pipe["bare_rounds"]]))
