@@ -56,6 +56,8 @@ class RiskmaskOptions(PipelineOptions):
                             help="records one source call emits before it checkpoints (bounds bundles)")
         parser.add_argument("--max_bundle_seconds", type=float, default=DEFAULT_MAX_BUNDLE_SECONDS,
                             help="seconds one source call reads before it checkpoints (bounds output latency)")
+        parser.add_argument("--progress_interval_s", type=float, default=30.0,
+                            help="seconds between progress lines in the log (0: none)")
         parser.add_argument("--checkpointing_interval", type=int, default=-1,
                             help="Flink checkpoint interval in ms (required on Flink: offsets commit on checkpoints)")
         parser.add_argument("--savepoint_path", default=None, help="Flink savepoint to restore the job from")
@@ -113,6 +115,8 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError(f"max records per bundle must be 1..100000, got {opts.max_records_per_bundle}")
     if not 0.01 <= opts.max_bundle_seconds <= 60:
         raise OptionsError(f"max bundle seconds must be 0.01..60, got {opts.max_bundle_seconds}")
+    if not 0 <= opts.progress_interval_s <= 86_400:
+        raise OptionsError(f"progress interval must be 0..86400 seconds, got {opts.progress_interval_s}")
     if not 0.363 <= opts.match_threshold < 1.0:
         raise OptionsError(f"match threshold must be in [0.363, 1), got {opts.match_threshold}")
     if not 0.0 <= opts.match_margin < 1.0:

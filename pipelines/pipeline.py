@@ -44,7 +44,7 @@ def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Ca
     if recognition is not None:
         faces = faces | "Recognition" >> recognition
     masked = faces | "MaskFaces" >> MaskFaces(opts.policy)
-    encoded = masked | "Encode" >> Encode()
+    encoded = masked | "Encode" >> Encode(progress_interval_s=float(getattr(opts, "progress_interval_s", 30.0)))
     encoded["redacted"] | "WriteRedacted" >> WriteToKafka(bootstrap, opts.redacted_topic,
                                                           max_request_bytes=_request_bytes(opts))
     # One DLQ sink per branch instead of a Flatten: the FnApiRunner does not fuse a Flatten into the source's

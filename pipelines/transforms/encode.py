@@ -19,6 +19,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipelines.frame import DEDUPE_HEADER, SOURCE_HEADER, FrameContext, OutboundMessage
+from pipelines.progress import DEFAULT_INTERVAL_S, ProgressWindow
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
 from schemas.messages import RedactedFrame
 
@@ -57,32 +58,47 @@ def redacted_message(rf: RedactedFrame) -> OutboundMessage:
 
 
 class _EncodeFn(beam.DoFn):
-    def __init__(self, quality: int) -> None:
+    def __init__(self, quality: int, progress_interval_s: float) -> None:
         self._quality = quality
+        self._progress_interval_s = progress_interval_s
+        self._progress = ProgressWindow(progress_interval_s)
         self._latency = Metrics.distribution(STAGE, "frame_us")
+
+    def setup(self) -> None:
+        self._progress = ProgressWindow(self._progress_interval_s)
 
     def process(self, frame: FrameContext) -> Iterator[object]:
         try:
             start = time.perf_counter()
             msg = redacted_message(encode_frame(frame, self._quality))
             self._latency.update(int((time.perf_counter() - start) * 1e6))
+            self._progress.add(frame.camera_id, len(frame.faces), frame.degraded,
+                               (time.time_ns() // 1000 - frame.capture_ts_us) / 1000)
+            self._log_progress()
             yield msg
         except Exception as exc:  # encoder or schema failure: the frame goes to the DLQ, never out unmasked
+            self._progress.add_failure()
             logger.warning("encode failed on %s: %s", frame.source_ref, type(exc).__name__)
             yield pvalue.TaggedOutput(DLQ_TAG, dead_letter(
                 frame.source_topic, frame.source_partition, frame.source_offset, STAGE, "encode_error",
                 None, type(exc).__name__, camera_id=frame.camera_id, epoch=frame.epoch, seq=frame.seq,
                 payload_sha256=frame.raw_sha256, payload_size=frame.raw_size))
 
+    def _log_progress(self) -> None:
+        if self._progress.due():
+            logger.info("%s", self._progress.take_line())
+
 
 class Encode(beam.PTransform):
-    """FrameContext -> OutboundMessage of a RedactedFrame (main) | DeadLetter (``dlq``)."""
+    """FrameContext -> OutboundMessage of a RedactedFrame (main) | DeadLetter (``dlq``).
 
-    def __init__(self, quality: int = DEFAULT_JPEG_QUALITY) -> None:
+    Every ``progress_interval_s`` (0: never) it logs one progress line (:mod:`pipelines.progress`)."""
+
+    def __init__(self, quality: int = DEFAULT_JPEG_QUALITY, progress_interval_s: float = DEFAULT_INTERVAL_S) -> None:
         super().__init__()
         if not 1 <= quality <= 100:
             raise ValueError(f"JPEG quality must be 1..100, got {quality}")
-        self._fn = _EncodeFn(quality)
+        self._fn = _EncodeFn(quality, progress_interval_s)
 
     def expand(self, pcoll: beam.PCollection) -> pvalue.DoOutputsTuple:
         return pcoll | "Encode" >> beam.ParDo(self._fn).with_outputs(DLQ_TAG, main="redacted")
