@@ -37,6 +37,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from chart import bar_chart
 from results_io import host_info, now_utc, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         "deface": deface_result,
     }
     write_result(RESULTS, result)
+    rows = [("bare in-process loop", bare_fps), ("riskmask pipeline (Kafka in/out)", pipe_fps)]
+    marks = {"0.7 x bare": 0.7 * bare_fps}
+    if deface_result.get("fps"):
+        rows.append(("deface 1.5.0 CLI", deface_result["fps"]))
+        marks["3 x deface"] = 3 * deface_result["fps"]
+    print(f"chart: {bar_chart(RESULTS.with_suffix('.png'), 'pipeline_bench: 1280x720, 4 faces, medians', rows, 'frames/s', marks)}")
     return 0
 
 
