@@ -6,7 +6,8 @@ returns, per detection, its track id and whether it must be (re-)embedded; plus 
 missed for 1..K frames, so that a face the detector missed on a frame is still masked.
 
 Rules (reasons in docs/recognition.md):
-- a track is embedded when it starts, every ``reverify_every`` frames, when its face grew by
+- a track is embedded when it starts, every ``reverify_every`` frames (spread over the interval: see
+  :data:`REVERIFY_PHASE_STEP`), when its face grew by
   ``regrow_factor`` in area since the last embedding (a better view), and every ``reverify_crowd_every``
   frames while another face is close to it (tracks can swap identities when faces cross);
 - a missed track is extrapolated at constant velocity and its mask enlarged by ``gap_scale`` plus
@@ -33,6 +34,12 @@ logger = logging.getLogger(__name__)
 
 DETECTED = "detected"
 GAP_FILLED = "gap_filled"
+# A track's first re-verification comes after reverify_every - (track_id * step) % ceil(reverify_every / 2)
+# frames, every later one after reverify_every. Faces that appear together would otherwise all be re-embedded
+# on the same frame every interval (10 faces: ~0.8 s of SFace on one frame, a latency spike); this way they
+# spread over half an interval and stay spread, and no interval exceeds reverify_every. The step is coprime
+# with the usual half intervals so that consecutive track ids land far apart.
+REVERIFY_PHASE_STEP = 7
 
 
 class TrackingError(ValueError):
@@ -147,6 +154,7 @@ class Track:
     hits: int = 1
     embedded_seq: int = -1
     embedded_area: float = 0.0
+    embeddings: int = 0  # templates recorded so far
     embedding: Optional[np.ndarray] = field(default=None, repr=False)
 
     def predicted(self, seq: int) -> Box:
@@ -255,6 +263,7 @@ class FaceTracker:
         track.embedding = np.asarray(embedding, dtype=np.float32).copy()
         track.embedded_seq = seq
         track.embedded_area = float(area)
+        track.embeddings += 1
 
     def forget_embedding(self, track_id: int) -> None:
         """Drop a track's template so that it is embedded again on its next detection."""
@@ -334,7 +343,10 @@ class FaceTracker:
         if track.embedding is None:
             return True, "new"
         since = seq - track.embedded_seq
-        if since >= cfg.reverify_every:
+        interval = cfg.reverify_every
+        if track.embeddings <= 1:  # the first re-verification is staggered (see REVERIFY_PHASE_STEP)
+            interval -= (track.track_id * REVERIFY_PHASE_STEP) % math.ceil(cfg.reverify_every / 2)
+        if since >= interval:
             return True, "periodic"
         if track.embedded_area > 0 and box.area >= cfg.regrow_factor * track.embedded_area:
             return True, "grown"

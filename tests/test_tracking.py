@@ -28,9 +28,30 @@ def test_moving_face_keeps_its_track_and_is_embedded_once_then_periodically() ->
             tr.record_embedding(a.track_id, seq, [1.0] * 128, box.area)
         assert not res.gap_fills
     assert len(ids) == 1
-    assert embeds == [(0, "new"), (10, "periodic"), (20, "periodic")]
+    # Track 1's first re-verification is staggered by (1 * 7) % 5 = 2 frames, then every 10 frames.
+    assert embeds == [(0, "new"), (8, "periodic"), (18, "periodic")]
     emb, at = tr.held_embedding(ids.pop())
-    assert emb is not None and at == 20
+    assert emb is not None and at == 18
+
+
+def test_faces_that_appear_together_are_reverified_on_different_frames() -> None:
+    cfg = TrackerConfig(reverify_every=25)
+    tr = FaceTracker(cfg)
+    boxes = [Box(60 + 120 * i, 300, 70, 80) for i in range(10)]  # ten faces, far apart, all from frame 0
+    per_frame, last = [], {}
+    for seq in range(100):
+        res = tr.step(0, seq, 1280, 720, boxes)
+        n = 0
+        for a in res.assignments:
+            if a.embed:
+                assert seq - last.get(a.track_id, seq) <= cfg.reverify_every  # never later than the interval
+                last[a.track_id] = seq
+                tr.record_embedding(a.track_id, seq, [1.0] * 128, boxes[a.index].area)
+                n += 1
+        per_frame.append(n)
+    assert per_frame[0] == 10
+    assert max(per_frame[1:]) <= 2  # spread out, not ten at once every 25 frames
+    assert sum(per_frame[25:75]) == 20  # steady state: still one re-verification per track per interval
 
 
 def test_missed_frames_are_gap_filled_with_extrapolated_enlarged_box() -> None:
