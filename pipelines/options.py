@@ -48,6 +48,9 @@ class RiskmaskOptions(PipelineOptions):
                             help="detector score threshold (default: the model's own, kept low)")
         parser.add_argument("--policy", default="default", help="masking policy name or path to a policy file")
         parser.add_argument("--detector_threads", type=int, default=1, help="onnxruntime threads per detector")
+        parser.add_argument("--detect_lookahead", type=int, default=1,
+                            help="frames detected ahead on a worker thread while the chain finishes earlier "
+                                 "ones (0: detect on the runner's thread)")
         parser.add_argument("--max_frame_bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
                             help="larger records go to the DLQ as oversized")
         parser.add_argument("--bounded", action="store_true", default=False,
@@ -115,6 +118,8 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError(f"max records per bundle must be 1..100000, got {opts.max_records_per_bundle}")
     if not 0.01 <= opts.max_bundle_seconds <= 60:
         raise OptionsError(f"max bundle seconds must be 0.01..60, got {opts.max_bundle_seconds}")
+    if not 0 <= opts.detect_lookahead <= 8:
+        raise OptionsError(f"detect look-ahead must be 0..8 frames, got {opts.detect_lookahead}")
     if not 0 <= opts.progress_interval_s <= 86_400:
         raise OptionsError(f"progress interval must be 0..86400 seconds, got {opts.progress_interval_s}")
     if not 0.363 <= opts.match_threshold < 1.0:

@@ -40,7 +40,8 @@ def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Ca
     records = p | "ReadFrames" >> read
     decoded = records | "Decode" >> Decode(opts.max_frame_bytes)
     faces = decoded["frames"] | "DetectFaces" >> DetectFaces(opts.detector, opts.detector_threads,
-                                                              opts.detector_threshold, detector_factory)
+                                                              opts.detector_threshold, detector_factory,
+                                                              lookahead=int(getattr(opts, "detect_lookahead", 0)))
     if recognition is not None:
         faces = faces | "Recognition" >> recognition
     masked = faces | "MaskFaces" >> MaskFaces(opts.policy)

@@ -41,7 +41,7 @@ def pipeline_args(args: argparse.Namespace) -> list[str]:
     for flag in ("job_endpoint", "environment_type", "environment_config", "checkpointing_interval",
                  "parallelism", "max_parallelism", "savepoint_path", "ledger_dir", "keys_dir",
                  "match_threshold", "match_margin", "audit_block_records", "audit_block_seconds",
-                 "progress_interval_s"):
+                 "progress_interval_s", "detect_lookahead"):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"--{flag}={value}")
@@ -151,6 +151,9 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("--detector-threshold", type=float, default=None, help="detector score threshold")
     p.add_argument("--policy", default="default", help="policy name (default, paper) or a policy file path")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the detector (default 1)")
+    p.add_argument("--detect-lookahead", dest="detect_lookahead", type=int, default=None, metavar="FRAMES",
+                   help="frames detected ahead on a second thread while earlier ones are masked and written "
+                        "(default 1; 0: all on one thread)")
     p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
                    help="records above this go to the DLQ as oversized (default: %(default)s)")
     p.add_argument("--max-records-per-bundle", type=int, default=DEFAULT_MAX_RECORDS_PER_BUNDLE,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import apache_beam as beam
 import cv2
 import pytest
@@ -66,3 +68,66 @@ def test_stage_in_pipeline_real_and_broken(astronaut):
                     equal_to([(0, False, True), (1, False, True)]), label="real")
         assert_that(broken | "b" >> beam.Map(lambda f: (f.seq, f.degraded, len(f.detections))),
                     equal_to([(0, True, 0), (1, True, 0)]), label="broken")
+
+
+class _SlowRecording:
+    """A unit-test stand-in detector: slow, records the thread and order of its calls; fails on frame 2."""
+
+    model_id = "slow-1"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.threads: set[int] = set()
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def detect(self, image):
+        import threading
+        import time
+
+        with self._lock:
+            self.threads.add(threading.get_ident())
+            self.calls += 1
+            n = self.calls
+        time.sleep(0.02)
+        if n == 3:
+            raise RuntimeError("session failed")
+        return []
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+def test_lookahead_keeps_order_timestamps_windows_and_drains_the_bundle(astronaut, lookahead):
+    import threading
+
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import Timestamp
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    from pipelines.transforms.detect_faces import _DetectFn
+
+    fake = _SlowRecording()
+    fn = _DetectFn("yunet", 1, None, lambda: fake, lookahead)
+    fn.setup()
+    try:
+        small = cv2.resize(astronaut, (64, 64))
+        out = []
+        fn.start_bundle()
+        for i in range(6):
+            for item in fn.process(frame_context(small, seq=i), Timestamp(100 + i), GlobalWindow()):
+                out.append(item)
+            assert len(out) == max(0, i + 1 - lookahead)  # at most `lookahead` frames in flight
+        out.extend(fn.finish_bundle() or [])
+        assert fn._pending == deque()
+    finally:
+        fn.teardown()
+    values = [o.value if isinstance(o, WindowedValue) else o for o in out]
+    assert [f.seq for f in values] == list(range(6))
+    assert [f.degraded for f in values] == [False, False, True, False, False, False]  # the failure fails closed
+    if lookahead:
+        assert all(isinstance(o, WindowedValue) for o in out)
+        assert [o.timestamp for o in out] == [Timestamp(100 + i) for i in range(6)]
+        assert all(o.windows == (GlobalWindow(),) for o in out)
+        assert threading.get_ident() not in fake.threads  # detection ran on the worker thread
+    else:
+        assert fake.threads == {threading.get_ident()}

@@ -32,6 +32,8 @@ def test_defaults_are_valid():
     (OK + ["--detector_threads=0"], "threads"),
     (OK + ["--max_frame_bytes=10"], "max frame bytes"),
     (OK + ["--max_bundle_seconds=0"], "max bundle seconds"),
+    (OK + ["--detect_lookahead=-1"], "look-ahead"),
+    (OK + ["--detect_lookahead=9"], "look-ahead"),
     (OK + ["--runner=PortableRunner"], "--job_endpoint"),
     (OK + ["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=EXTERNAL"],
      "--environment_config"),
@@ -65,12 +67,14 @@ def test_cli_flags_translate_to_pipeline_options():
     register_run(parser.add_subparsers())
     args = parser.parse_args(["run", "--bootstrap-servers", "k1:9092,k2:9092", "--group-id", "g", "--bounded",
                               "--runner", "PortableRunner", "--job-endpoint", "jm:8099", "--threads", "2",
+                              "--detect-lookahead", "0", "--progress-interval", "5",
                               "--pipeline-arg=--sdk_worker_parallelism=2"])
     flags = pipeline_args(args)
     opts = PipelineOptions(flags)
     ro = opts.view_as(RiskmaskOptions)
     assert (ro.kafka_bootstrap_servers, ro.group_id, ro.bounded, ro.detector_threads) == (
         "k1:9092,k2:9092", "g", True, 2)
+    assert (ro.detect_lookahead, ro.progress_interval_s) == (0, 5.0)
     assert opts.get_all_options()["job_endpoint"] == "jm:8099"
     assert "--sdk_worker_parallelism=2" in flags and "--streaming" not in flags
     validate(opts)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Deque, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.frame import FrameContext
 
@@ -37,13 +40,25 @@ def detect(detector: Any, frame: FrameContext) -> FrameContext:
 
 
 class _DetectFn(beam.DoFn):
+    """Detects on a worker thread, ``lookahead`` frames ahead of what it emits (0: on the calling thread).
+
+    The runner drives one fused chain per bundle on one thread (read, decode, detect, track, mask, encode,
+    write). With a look-ahead the detector (onnxruntime, which releases the GIL) works on frame k while the
+    chain finishes frame k-1 and decodes frame k+1, so the second core is used. Frames leave in arrival order
+    with their own timestamp and window, and ``finish_bundle`` drains every frame still in flight, so a
+    bundle's outputs are all written before its offsets are committed, exactly as without the look-ahead.
+    """
+
     def __init__(self, name: str, threads: int, score_threshold: Optional[float],
-                 factory: Optional[DetectorFactory]) -> None:
+                 factory: Optional[DetectorFactory], lookahead: int = 0) -> None:
         self._name = name
         self._threads = threads
         self._threshold = score_threshold
         self._factory = factory
+        self._lookahead = max(0, int(lookahead))
         self._detector: Any = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pending: Deque[tuple[Future, Any, Any]] = deque()
         self._latency = Metrics.distribution(STAGE, "frame_us")
         self._degraded = Metrics.counter(STAGE, "frames_degraded")
 
@@ -54,13 +69,43 @@ class _DetectFn(beam.DoFn):
             from pipelines.models.detector import load_detector
 
             self._detector = load_detector(self._name, threads=self._threads, score_threshold=self._threshold)
+        if self._lookahead:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmask-detect")
 
-    def process(self, frame: FrameContext) -> Iterator[FrameContext]:
+    def start_bundle(self) -> None:
+        self._pending = deque()
+
+    def _timed(self, frame: FrameContext) -> tuple[FrameContext, float]:
         start = time.perf_counter()
-        out = detect(self._detector, frame)
-        self._latency.update(int((time.perf_counter() - start) * 1e6))
+        return detect(self._detector, frame), time.perf_counter() - start
+
+    def _done(self, out: FrameContext, seconds: float) -> FrameContext:
+        # Beam metrics are per thread: record on the runner's thread, not the worker's.
+        self._latency.update(int(seconds * 1e6))
         self._degraded.inc(int(out.degraded))
-        yield out
+        return out
+
+    def process(self, frame: FrameContext, timestamp: Any = beam.DoFn.TimestampParam,
+                window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+        if self._pool is None:
+            yield self._done(*self._timed(frame))
+            return
+        self._pending.append((self._pool.submit(self._timed, frame), timestamp, window))
+        while len(self._pending) > self._lookahead:
+            yield self._emit()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        while self._pending:
+            yield self._emit()
+
+    def _emit(self) -> WindowedValue:
+        future, timestamp, window = self._pending.popleft()
+        return WindowedValue(self._done(*future.result()), timestamp, (window,))
+
+    def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class DetectFaces(beam.PTransform):
@@ -68,12 +113,13 @@ class DetectFaces(beam.PTransform):
 
     ``detector_factory`` (a picklable zero-argument callable) replaces the model loader, e.g. to run another
     detector implementation; by default ``load_detector(detector, threads, score_threshold)`` is used.
+    ``lookahead`` frames are detected ahead on a worker thread (see :class:`_DetectFn`; 0 turns it off).
     """
 
     def __init__(self, detector: str = "yunet", threads: int = 1, score_threshold: Optional[float] = None,
-                 detector_factory: Optional[DetectorFactory] = None) -> None:
+                 detector_factory: Optional[DetectorFactory] = None, lookahead: int = 0) -> None:
         super().__init__()
-        self._fn = _DetectFn(detector, threads, score_threshold, detector_factory)
+        self._fn = _DetectFn(detector, threads, score_threshold, detector_factory, lookahead)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | "Detect" >> beam.ParDo(self._fn)
