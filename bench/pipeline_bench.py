@@ -11,13 +11,14 @@ Measures, in one run on the same frames:
    latency p50/p99 measured by a consumer (output arrival time - the frame's capture_ts_us).
 
 Frames are a clip composed from the astronaut photo (NASA, public domain) on a real background: 4 faces
-per frame, widths 20-300 px, moving smoothly from frame to frame like people in front of a camera. With ``--deface`` (a deface==1.5.0 CLI in its own virtual environment) the deface tool runs
-on the same frames as JPEG files, right after a bare-loop round, for comparison.
+per frame, widths 20-300 px, moving smoothly from frame to frame like people in front of a camera. With
+``--deface`` (a deface==1.5.0 CLI in its own virtual environment) the deface tool runs on the same frames as
+JPEG files after each pipeline round, for comparison.
 
     python bench/pipeline_bench.py [--frames 20] [--rounds 3] [--paced-fps 0 (= 40% of bare)]
         [--bootstrap-servers host:port]
 
-Prints a summary and writes bench/results/pipeline_bench.json.
+Prints a summary and writes bench/results/pipeline_bench.json (and a bar chart, pipeline_bench.png).
 """
 
 from __future__ import annotations
@@ -295,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     if deface_result.get("fps"):
         rows.append(("deface 1.5.0 CLI", deface_result["fps"]))
         marks["3 x deface"] = 3 * deface_result["fps"]
-    print(f"chart: {bar_chart(RESULTS.with_suffix('.png'), 'pipeline_bench: 1280x720, 4 faces, medians', rows, 'frames/s', marks)}")
+    chart = bar_chart(RESULTS.with_suffix(".png"), "pipeline_bench: 1280x720, 4 faces, medians", rows, "frames/s",
+                      marks)
+    print(f"chart: {chart}")
     return 0
 
 

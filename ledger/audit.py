@@ -419,7 +419,8 @@ def add_commands(sub) -> None:
         q.add_argument("--clients", type=Path, default=None,
                        help="client registry (clients.json: public keys and roles) to check every sender's role "
                             "(default: clients.json beside the genesis file, when present)")
-        q.add_argument("--bootstrap-servers", "--bootstrap", dest="bootstrap", default=None, help="Kafka bootstrap servers (default: the local broker)")
+        q.add_argument("--bootstrap-servers", "--bootstrap", dest="bootstrap", default=None,
+                       help="Kafka bootstrap servers (default: the local broker)")
         q.add_argument("--ledger-topic", default="ledger.blocks")
         q.add_argument("--audit-topic", default="audit.blocks",
                        help="audit block topic, checked when it exists ('' to skip)")

@@ -104,8 +104,8 @@ def _tensor(name: str, elem: int, dims: tuple[int, ...], raw: bytes) -> bytes:
 
 
 def _value_info(name: str, elem: int, dims: tuple[int | str, ...]) -> bytes:
-    shape = b"".join(length_delimited(_SHAPE_DIM, _str_field(_DIM_PARAM, d) if isinstance(d, str) else _int_field(_DIM_VALUE, d))
-                     for d in dims)
+    shape = b"".join(length_delimited(_SHAPE_DIM, _str_field(_DIM_PARAM, d) if isinstance(d, str)
+                                      else _int_field(_DIM_VALUE, d)) for d in dims)
     tensor_type = _int_field(_TT_ELEM, elem) + length_delimited(_TT_SHAPE, shape)
     return _str_field(_VI_NAME, name) + length_delimited(_VI_TYPE, length_delimited(_TYPE_TENSOR, tensor_type))
 
