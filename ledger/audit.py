@@ -365,6 +365,8 @@ def verify_stream(genesis: Genesis, ledger_msgs: Iterable[tuple[Optional[int], b
     except BlockInvalid as exc:
         report.failure = exc
         return report
+    finally:
+        _close(ledger_msgs)
     if report.blocks == 0:
         report.warnings.append("the ledger topic holds no blocks")
     if audit_msgs is not None:
@@ -378,6 +380,8 @@ def verify_stream(genesis: Genesis, ledger_msgs: Iterable[tuple[Optional[int], b
                 a.feed(blk, offset)
         except BlockInvalid as exc:
             report.failure = exc
+        finally:
+            _close(audit_msgs)
         report.audit_blocks, report.audit_cameras = a.count, len(a.cameras)
         report.anchored_audit_blocks, report.unanchored_audit_blocks = a.anchored, a.unanchored
         if a.pending_refs:
@@ -388,6 +392,15 @@ def verify_stream(genesis: Genesis, ledger_msgs: Iterable[tuple[Optional[int], b
 
 # ------------------------------------------------------------------------------------------------------------
 # Command line: riskmask audit verify | follow
+
+
+def _close(messages: Any) -> None:
+    """Close a message generator the verifier stopped reading early (e.g. at the first bad block) here, on
+    this thread: left to the garbage collector, its Kafka consumer could be closed from the client's own I/O
+    thread, which kafka-python refuses."""
+    close = getattr(messages, "close", None)
+    if callable(close):
+        close()
 
 
 def pipeline_block_hash() -> Optional[Callable[[AuditBlock], bytes]]:
@@ -506,8 +519,9 @@ def _cmd_follow(args) -> int:
     genesis, genesis_path = _genesis(args)
     bootstrap = exporter.resolve_bootstrap(args.bootstrap)
     v = LedgerVerifier(genesis, clients=_clients(args, genesis_path))
+    blocks = exporter.follow(bootstrap, args.ledger_topic, stop_after_idle_s=args.idle_exit)
     try:
-        for offset, data in exporter.follow(bootstrap, args.ledger_topic, stop_after_idle_s=args.idle_exit):
+        for offset, data in blocks:
             try:
                 v.feed_bytes(data, offset)
             except BlockInvalid as exc:
@@ -519,5 +533,7 @@ def _cmd_follow(args) -> int:
                   flush=True)
     except KeyboardInterrupt:
         pass
+    finally:
+        _close(blocks)
     print(v.report.summary())
     return 0 if v.report.ok else 1
