@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "recognition_bench.json"
 SIZE = (1280, 720)
-STAGES = ("decode", "detect_faces", "embed_faces", "enrich_risk", "mask_faces", "encode")
 logger = logging.getLogger("bench.recognition")
 
 
@@ -121,7 +120,9 @@ def replay(info: Any, jpegs: list[bytes], recognition: bool, work: Path) -> dict
     span = arrivals[-1] - arrivals[0]
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     dists, counters = metrics["distributions"], metrics["counters"]
-    stage_s = {s: dists.get(f"{s}/frame_us", {}).get("sum", 0) / 1e6 for s in STAGES}
+    from pipelines.runner import STAGE_ORDER
+
+    stage_s = {s: dists.get(f"{s}/frame_us", {}).get("sum", 0) / 1e6 for s in STAGE_ORDER}
     total = sum(stage_s.values())
     embedded_faces = counters.get("embed_faces/faces_embedded", 0)
     faces = sum(counters.get(f"enrich_risk/faces_{k}", 0) for k in ("matched", "ambiguous", "unknown", "stale"))

@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_DLQ_TOPIC, DEFAULT_GROUP_ID,
                                 DEFAULT_MAX_BUNDLE_SECONDS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_RECORDS_PER_BUNDLE,
                                 DEFAULT_RAW_TOPIC, DEFAULT_REDACTED_TOPIC)
+from pipelines.progress import DEFAULT_INTERVAL_S
 from riskmask.errors import UserError
 
 PORTABLE_RUNNERS = {"PortableRunner", "FlinkRunner"}
@@ -59,7 +60,7 @@ class RiskmaskOptions(PipelineOptions):
                             help="records one source call emits before it checkpoints (bounds bundles)")
         parser.add_argument("--max_bundle_seconds", type=float, default=DEFAULT_MAX_BUNDLE_SECONDS,
                             help="seconds one source call reads before it checkpoints (bounds output latency)")
-        parser.add_argument("--progress_interval_s", type=float, default=30.0,
+        parser.add_argument("--progress_interval_s", type=float, default=DEFAULT_INTERVAL_S,
                             help="seconds between progress lines in the log (0: none)")
         parser.add_argument("--checkpointing_interval", type=int, default=-1,
                             help="Flink checkpoint interval in ms (required on Flink: offsets commit on checkpoints)")

@@ -41,11 +41,11 @@ def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Ca
     decoded = records | "Decode" >> Decode(opts.max_frame_bytes)
     faces = decoded["frames"] | "DetectFaces" >> DetectFaces(opts.detector, opts.detector_threads,
                                                               opts.detector_threshold, detector_factory,
-                                                              lookahead=int(getattr(opts, "detect_lookahead", 0)))
+                                                              lookahead=opts.detect_lookahead)
     if recognition is not None:
         faces = faces | "Recognition" >> recognition
     masked = faces | "MaskFaces" >> MaskFaces(opts.policy)
-    encoded = masked | "Encode" >> Encode(progress_interval_s=float(getattr(opts, "progress_interval_s", 30.0)))
+    encoded = masked | "Encode" >> Encode(progress_interval_s=opts.progress_interval_s)
     encoded["redacted"] | "WriteRedacted" >> WriteToKafka(bootstrap, opts.redacted_topic,
                                                           max_request_bytes=_request_bytes(opts))
     # One DLQ sink per branch instead of a Flatten: the FnApiRunner does not fuse a Flatten into the source's

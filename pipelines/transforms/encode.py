@@ -60,12 +60,11 @@ def redacted_message(rf: RedactedFrame) -> OutboundMessage:
 class _EncodeFn(beam.DoFn):
     def __init__(self, quality: int, progress_interval_s: float) -> None:
         self._quality = quality
-        self._progress_interval_s = progress_interval_s
         self._progress = ProgressWindow(progress_interval_s)
         self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def setup(self) -> None:
-        self._progress = ProgressWindow(self._progress_interval_s)
+        self._progress = ProgressWindow(self._progress.interval_s)  # a fresh window per worker instance
 
     def process(self, frame: FrameContext) -> Iterator[object]:
         try:
