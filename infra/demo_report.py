@@ -113,19 +113,12 @@ def contact_sheet(pairs: Sequence[tuple[bytes, RedactedFrame]], path: Path, note
 
 
 def video(pairs: Sequence[tuple[bytes, RedactedFrame]], path: Path, fps: float) -> Optional[Path]:
-    """The whole clip, before | after per frame, as MPEG-4; None when OpenCV has no mp4v writer."""
+    """The whole clip, before | after per frame, as H.264 in MP4 (plays in every browser); None when empty."""
     if not pairs:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), max(1.0, fps), (2 * PANEL[0], PANEL[1]))
-    if not writer.isOpened():
-        logger.warning("OpenCV cannot write %s (no mp4v encoder)", path)
-        return None
-    try:
-        for before, after in pairs:
-            writer.write(side_by_side(before, after))
-    finally:
-        writer.release()
+    from pipelines.video_io import write_frames
+
+    write_frames((side_by_side(before, after) for before, after in pairs), path, max(1.0, fps))
     return path
 
 
