@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import cv2
 import numpy as np
@@ -39,8 +39,9 @@ class FaceDetector(Protocol):
     def detect(self, image_bgr: np.ndarray) -> list[dp.Detection]: ...
 
 
-def make_session(model: bytes | str, threads: int = 1):
-    """onnxruntime CPU session with a fixed thread budget (intra = threads, inter = 1), warnings silenced."""
+def make_session(model: bytes | str, threads: int = 1, providers: Sequence[str] | None = None):
+    """onnxruntime session with a fixed thread budget (intra = threads, inter = 1), warnings silenced; CPU unless
+    ``providers`` (onnxruntime names, see pipelines.models.providers) says otherwise."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -49,7 +50,7 @@ def make_session(model: bytes | str, threads: int = 1):
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, so, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelError(f"cannot load ONNX model: {exc}") from exc
 
@@ -101,10 +102,11 @@ class YuNetDetector(_TiledDetector):
     model_id = "yunet-2023mar"
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 1, score_threshold: float | None = None,
-                 max_side: int = DEFAULT_MAX_SIDE, nms_threshold: float = 0.3) -> None:
+                 max_side: int = DEFAULT_MAX_SIDE, nms_threshold: float = 0.3,
+                 providers: Sequence[str] | None = None) -> None:
         with open(path, "rb") as fh:
             model = set_io_dims(fh.read(), {"input": [1, 3, "H", "W"]})
-        self._session = make_session(model, threads)
+        self._session = make_session(model, threads, providers)
         self.score_threshold = DEFAULT_THRESHOLDS["yunet"] if score_threshold is None else float(score_threshold)
         self.max_side = int(max_side)
         self.nms_threshold = nms_threshold
@@ -122,10 +124,11 @@ class CenterFaceDetector(_TiledDetector):
     model_id = "centerface"
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 1, score_threshold: float | None = None,
-                 max_side: int = DEFAULT_MAX_SIDE, nms_threshold: float = 0.3) -> None:
+                 max_side: int = DEFAULT_MAX_SIDE, nms_threshold: float = 0.3,
+                 providers: Sequence[str] | None = None) -> None:
         with open(path, "rb") as fh:
             model = set_io_dims(fh.read(), {"input.1": ["B", 3, "H", "W"]})
-        self._session = make_session(model, threads)
+        self._session = make_session(model, threads, providers)
         self.score_threshold = (DEFAULT_THRESHOLDS["centerface"] if score_threshold is None
                                 else float(score_threshold))
         self.max_side = int(max_side)
@@ -143,13 +146,14 @@ DETECTORS = {"yunet": YuNetDetector, "centerface": CenterFaceDetector}
 
 def load_detector(name: str = "yunet", threads: int = 1, score_threshold: float | None = None,
                   model_dir: str | os.PathLike[str] | None = None, model_file: str | os.PathLike[str] | None = None,
-                  max_side: int = DEFAULT_MAX_SIDE) -> FaceDetector:
+                  max_side: int = DEFAULT_MAX_SIDE, providers: Sequence[str] | None = None) -> FaceDetector:
     """Verified model file (fetched on first use) wrapped as a :class:`FaceDetector`."""
     if name not in DETECTORS:
         raise ModelError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
     if score_threshold is not None and not 0.0 < float(score_threshold) < 1.0:
         raise ModelError(f"detector score threshold must be in (0, 1), got {score_threshold}")
     path = model_path(name, cache_dir=model_dir, path=model_file)
-    det = DETECTORS[name](path, threads=threads, score_threshold=score_threshold, max_side=max_side)
+    det = DETECTORS[name](path, threads=threads, score_threshold=score_threshold, max_side=max_side,
+                          providers=providers)
     logger.info("detector %s loaded (threshold %.2f, %d thread(s))", det.model_id, det.score_threshold, threads)
     return det
