@@ -442,6 +442,9 @@ def add_commands(sub) -> None:
             q.add_argument("--idle-exit", type=float, default=None,
                            help="exit 0 after this many seconds without a new block (default: never)")
         q.set_defaults(func=_cmd_verify if name == "verify" else _cmd_follow)
+    from ledger.redaction_manifest import add_manifest_command
+
+    add_manifest_command(asub)
     del argparse
 
 
