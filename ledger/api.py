@@ -7,6 +7,7 @@ authorised by the role list of its endpoint. Endpoints (see ``ledger/openapi.yam
 method      path                        roles
 ==========  ==========================  ======================================================
 GET         /openapi.yaml               all
+GET         /v1/node                    all (this node's id; the only request that may be signed for ``any``)
 GET         /v1/status                  all
 POST        /v1/txs                     manager (register/update/erase), pipeline (anchor), validator
 POST        /v1/txs/batch               as above, per transaction
@@ -14,11 +15,15 @@ GET         /v1/txs/{hash}              all (status + Merkle inclusion proof)
 GET         /v1/blocks/{height}         manager, auditor, validator
 GET         /v1/blocks?from=&to=        manager, auditor, validator (at most 100 blocks)
 GET         /v1/evidence                auditor, validator
+GET         /v1/tip                     all (latest block header + commit certificate, no transactions)
 ==========  ==========================  ======================================================
 
 Other modules add endpoints with :meth:`LedgerApi.add` (same auth, same error handling), e.g.::
 
     api.add("GET", "/v1/watchlist", handler, roles={"pipeline", "validator"})
+
+TLS is optional: with ``api_tls_cert`` and ``api_tls_key`` in the node config (PEM files) the node serves
+HTTPS only (TLS 1.2 or newer).
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import base64
 import binascii
 import inspect
 import logging
+import ssl
 from importlib import resources
 from typing import Any, Iterable, Optional, Protocol
 
 from ledger.auth import Authenticator
 from ledger.config import SUBMIT_KINDS, ClientInfo, ClientRegistry
-from ledger.httpserver import Handler, HttpError, HttpServer, Request, Response, Route, Router
+from ledger.httpserver import Handler, HttpError, HttpServer, Request, Response, Route, Router, ascii_uint
 
 logger = logging.getLogger(__name__)
 
@@ -75,23 +81,41 @@ def _int_query(req: Request, name: str, default: Optional[int] = None) -> int:
         if default is None:
             raise HttpError(400, f"query parameter {name!r} is required")
         return default
-    if not v.isdigit() or len(v) > 18:
-        raise HttpError(400, f"query parameter {name!r} must be a non-negative integer")
-    return int(v)
+    n = ascii_uint(v, 18)
+    if n is None:
+        raise HttpError(400, f"query parameter {name!r} must be a non-negative integer (ASCII digits)")
+    return n
+
+
+def node_identity(service: Any) -> tuple[str, int, str]:
+    """(node id = validator public key hex, index, chain id) of a node service (``genesis`` + ``cfg.index``)."""
+    genesis, index = service.genesis, service.cfg.index
+    return genesis.validators[index].public_key.hex(), index, genesis.chain_id
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server TLS context from PEM files (TLS 1.2 or newer)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
 
 
 class LedgerApi:
     """Endpoint table + server of one node."""
 
     def __init__(self, service: LedgerService, registry: ClientRegistry, max_body: int,
-                 clock_skew_s: float = 60.0, max_batch: int = 5000) -> None:
+                 clock_skew_s: float = 60.0, max_batch: int = 5000,
+                 identity: Optional[tuple[str, int, str]] = None) -> None:
         self.service = service
         self.router = Router()
-        self.auth = Authenticator(registry, clock_skew_s)
-        self.server = HttpServer(self.router, max_body, before=self.auth)
+        self.node_id, self.index, self.chain_id = identity or node_identity(service)
+        self.auth = Authenticator(registry, self.node_id, clock_skew_s)
+        self.server = HttpServer(self.router, max_body, before=self.auth, pre_body=self.auth.precheck)
         self.max_batch = max_batch
         self._spec: Optional[bytes] = None
         self.add("GET", "/openapi.yaml", self._openapi, ALL_ROLES, "openapi")
+        self.add("GET", "/v1/node", self._node, ALL_ROLES, "node", node_bound=False)
         self.add("GET", "/v1/status", self._status, ALL_ROLES, "status")
         self.add("POST", "/v1/txs", self._submit_one, SUBMIT_ROLES, "submit")
         self.add("POST", "/v1/txs/batch", self._submit_batch, SUBMIT_ROLES, "submit_batch")
@@ -99,18 +123,25 @@ class LedgerApi:
         self.add("GET", "/v1/blocks/{height:int}", self._block, READ_ROLES, "block")
         self.add("GET", "/v1/blocks", self._blocks, READ_ROLES, "blocks")
         self.add("GET", "/v1/evidence", self._evidence, frozenset({"auditor", "validator"}), "evidence")
+        self.add("GET", "/v1/tip", self._tip, ALL_ROLES, "tip")
 
     def add(self, method: str, path: str, handler: Handler, roles: Iterable[str], name: str = "",
-            max_body: Optional[int] = None) -> Route:
+            max_body: Optional[int] = None, node_bound: bool = True) -> Route:
         """Register an endpoint. ``handler(req) -> Response``; ``req.context['client']`` is the caller."""
         roles = frozenset(roles)
         unknown = roles - ALL_ROLES
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}")
-        return self.router.add(method, path, handler, roles, name, max_body)
+        return self.router.add(method, path, handler, roles, name, max_body, node_bound)
 
-    async def start(self, host: str, port: int) -> int:
-        return await self.server.start(host, port)
+    async def start(self, host: str, port: int, ssl_context: Optional[ssl.SSLContext] = None) -> int:
+        """Serve on host:port; HTTPS when ``ssl_context`` is given or the node config names a certificate."""
+        if ssl_context is None:
+            cfg = getattr(self.service, "cfg", None)
+            cert, key = getattr(cfg, "api_tls_cert", None), getattr(cfg, "api_tls_key", None)
+            if cert and key:
+                ssl_context = tls_context(str(cert), str(key))
+        return await self.server.start(host, port, ssl_context)
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -120,6 +151,10 @@ class LedgerApi:
         if self._spec is None:
             self._spec = resources.files("ledger").joinpath("openapi.yaml").read_bytes()
         return Response(200, self._spec, "application/yaml")
+
+    async def _node(self, req: Request) -> Response:
+        return Response.json({"node_id": self.node_id, "index": self.index, "chain_id": self.chain_id,
+                              "tls": self.server.tls})
 
     async def _status(self, req: Request) -> Response:
         return Response.json(self.service.status_json())
@@ -187,6 +222,19 @@ class LedgerApi:
 
     async def _evidence(self, req: Request) -> Response:
         return Response.json({"evidence": self.service.evidence_json()})
+
+    async def _tip(self, req: Request) -> Response:
+        """The latest finalized header and its commit certificate: enough for any role (the pipeline's
+        watchlist freshness check) to verify the height against the genesis, without the transactions."""
+        from ledger.types import Block
+
+        height = self.service.height
+        blk = self.service.block_json(height) if height >= 1 else None
+        if blk is None:
+            raise HttpError(404, "no finalized block yet")
+        header = Block.decode(base64.b64decode(blk["block"])).header.encode()
+        return Response.json({"height": blk["height"], "hash": blk["hash"],
+                              "header": base64.b64encode(header).decode(), "cert": blk["cert"]})
 
 
 def _status_of(reason: str) -> int:

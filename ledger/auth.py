@@ -5,11 +5,15 @@ Headers (all required):
 * ``X-Ledger-Key`` — the client's Ed25519 public key, 64 hex digits (its key id in the client registry);
 * ``X-Ledger-Timestamp`` — unix time in milliseconds; refused when further than the allowed skew from now;
 * ``X-Ledger-Nonce`` — 16..64 hex digits, never reused by that key within the skew window (replay guard);
+* ``X-Ledger-Node`` — the node the request is meant for: its validator public key, 64 hex digits, as in
+  genesis (``any`` only for ``GET /v1/node``, which tells a client the node's id);
 * ``X-Ledger-Signature`` — 128 hex digits: Ed25519 over the API-request domain of :mod:`ledger.crypto` and
-  the canonical request ``METHOD \\n target \\n sha256(body) hex \\n timestamp \\n nonce``, where ``target`` is
-  the path with its query string exactly as sent.
+  the canonical request ``METHOD \\n target \\n sha256(body) hex \\n timestamp \\n nonce \\n node``, where
+  ``target`` is the path with its query string exactly as sent.
 
-The role of the key (from the client registry) must be among the endpoint's roles.
+A node refuses a request signed for another node, so a request captured at one node (or by one node) cannot
+be replayed to the others; each node's nonce cache then stops replays to itself. The role of the key (from
+the client registry) must be among the endpoint's roles.
 """
 
 from __future__ import annotations
@@ -22,30 +26,33 @@ from typing import Optional
 
 from ledger import crypto
 from ledger.config import ClientInfo, ClientRegistry
-from ledger.httpserver import HttpError, Request, Route
+from ledger.httpserver import HttpError, Request, Route, ascii_uint
 
 H_KEY = "x-ledger-key"
 H_TS = "x-ledger-timestamp"
 H_NONCE = "x-ledger-nonce"
 H_SIG = "x-ledger-signature"
+H_NODE = "x-ledger-node"
+ANY_NODE = "any"
 MAX_NONCES = 1_000_000
 
 
-def canonical_request(method: str, target: str, body: bytes, timestamp_ms: int, nonce: str) -> bytes:
-    """The bytes a client signs for one request."""
+def canonical_request(method: str, target: str, body: bytes, timestamp_ms: int, nonce: str, node: str) -> bytes:
+    """The bytes a client signs for one request to the node ``node`` (64 hex digits, or ``any``)."""
     return "\n".join([method.upper(), target, hashlib.sha256(body).hexdigest(), str(timestamp_ms),
-                      nonce]).encode("utf-8")
+                      nonce, node]).encode("utf-8")
 
 
-def sign_request(seed: bytes, method: str, target: str, body: bytes,
+def sign_request(seed: bytes, method: str, target: str, body: bytes, node: str,
                  timestamp_ms: Optional[int] = None, nonce: Optional[str] = None) -> dict[str, str]:
-    """Headers that authenticate one request made with the client key ``seed``."""
+    """Headers that authenticate one request to node ``node`` made with the client key ``seed``."""
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     nonce = nonce or os.urandom(16).hex()
+    node = node.lower()
     key = crypto.PrivateKey.from_seed(seed)
-    sig = key.sign(crypto.DOMAIN_API_REQUEST, canonical_request(method, target, body, ts, nonce))
+    sig = key.sign(crypto.DOMAIN_API_REQUEST, canonical_request(method, target, body, ts, nonce, node))
     return {"X-Ledger-Key": key.public_key().to_bytes().hex(), "X-Ledger-Timestamp": str(ts),
-            "X-Ledger-Nonce": nonce, "X-Ledger-Signature": sig.hex()}
+            "X-Ledger-Nonce": nonce, "X-Ledger-Node": node, "X-Ledger-Signature": sig.hex()}
 
 
 class NonceCache:
@@ -77,10 +84,14 @@ class NonceCache:
 
 
 class Authenticator:
-    """Checks signature, freshness, replay and role for every routed request (the server's ``before`` hook)."""
+    """Checks signature, freshness, target node, replay and role for every routed request (the server's
+    ``before`` hook); :meth:`precheck` checks what it can from the headers alone before a body is read."""
 
-    def __init__(self, registry: ClientRegistry, clock_skew_s: float = 60.0) -> None:
+    def __init__(self, registry: ClientRegistry, node_id: str, clock_skew_s: float = 60.0) -> None:
+        if len(node_id) != 64 or not _is_hex(node_id):
+            raise ValueError("node_id must be the node's validator public key, 64 hex digits")
         self.registry = registry
+        self.node_id = node_id.lower()
         self.skew_ms = int(clock_skew_s * 1000)
         self.nonces = NonceCache(clock_skew_s * 2)
         self._keys: dict[str, crypto.PublicKey] = {}
@@ -88,46 +99,61 @@ class Authenticator:
     async def __call__(self, req: Request, route: Route) -> None:
         req.context["client"] = self.authenticate(req, route)
 
-    def authenticate(self, req: Request, route: Route) -> ClientInfo:
-        h = req.headers
-        missing = [n for n in (H_KEY, H_TS, H_NONCE, H_SIG) if n not in h]
+    def precheck(self, method: str, path: str, headers: dict[str, str]) -> None:
+        """Refuse (HttpError) a request whose headers alone show it cannot pass; no signature check."""
+        self._headers(headers, None)
+
+    def _headers(self, h: dict[str, str], route: Optional[Route]) -> tuple[str, ClientInfo, int, str, str]:
+        missing = [n for n in (H_KEY, H_TS, H_NONCE, H_NODE, H_SIG) if n not in h]
         if missing:
             raise HttpError(401, f"unsigned request: missing header {missing[0]}")
+        ts = ascii_uint(h[H_TS], 16)
+        if ts is None:
+            raise HttpError(400, "malformed X-Ledger-Timestamp (unix milliseconds in ASCII digits expected)")
         key_id = h[H_KEY].lower()
         if len(key_id) != 64 or not _is_hex(key_id):
             raise HttpError(401, "malformed X-Ledger-Key (64 hex digits expected)")
         client = self.registry.lookup(key_id)
         if client is None:
             raise HttpError(401, "unknown client key")
-        ts_s = h[H_TS]
-        if not ts_s.isdigit() or len(ts_s) > 16:
-            raise HttpError(401, "malformed X-Ledger-Timestamp (unix milliseconds expected)")
-        ts = int(ts_s)
         now = int(time.time() * 1000)
         if abs(now - ts) > self.skew_ms:
             raise HttpError(401, "stale or future timestamp (check the client clock)")
         nonce = h[H_NONCE].lower()
         if not 16 <= len(nonce) <= 64 or not _is_hex(nonce):
             raise HttpError(401, "malformed X-Ledger-Nonce (16..64 hex digits expected)")
+        node = h[H_NODE].lower()
+        if node != self.node_id:
+            if node != ANY_NODE:
+                raise HttpError(401, f"request signed for another node (this node is {self.node_id})")
+            if route is not None and route.node_bound:
+                raise HttpError(401, f"request must be signed for this node ({self.node_id}), not 'any'")
         sig_hex = h[H_SIG]
         if len(sig_hex) != 128 or not _is_hex(sig_hex):
             raise HttpError(401, "malformed X-Ledger-Signature (128 hex digits expected)")
+        return key_id, client, ts, nonce, node
+
+    def authenticate(self, req: Request, route: Route) -> ClientInfo:
+        h = req.headers
+        key_id, client, ts, nonce, node = self._headers(h, route)
         pk = self._keys.get(key_id)
         if pk is None:
             pk = crypto.PublicKey.from_bytes(client.public_key)
             self._keys[key_id] = pk
-        msg = canonical_request(req.method, req.target, req.body, ts, h[H_NONCE])
-        if not pk.verify(crypto.DOMAIN_API_REQUEST, msg, bytes.fromhex(sig_hex)):
+        msg = canonical_request(req.method, req.target, req.body, ts, h[H_NONCE], node)
+        if not pk.verify(crypto.DOMAIN_API_REQUEST, msg, bytes.fromhex(h[H_SIG])):
             raise HttpError(401, "bad request signature")
         if client.role not in route.roles:
             raise HttpError(403, f"role {client.role!r} may not call {route.method} {route.template}")
         # Replay check last, so a forged request cannot burn a legitimate client's nonce.
-        if not self.nonces.check_and_add(key_id, nonce, ts, now):
+        if not self.nonces.check_and_add(key_id, nonce, ts, int(time.time() * 1000)):
             raise HttpError(401, "replayed request (nonce already used)")
         return client
 
 
 def _is_hex(s: str) -> bool:
+    if not s.isascii():
+        return False
     try:
         bytes.fromhex(s)
     except ValueError:

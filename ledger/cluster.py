@@ -219,7 +219,7 @@ class Cluster:
         return KeyFile.load(self.dir / "keys" / f"{name}.key").seed
 
     def client(self, i: int, role: str = "auditor", timeout_s: float = 5.0) -> LedgerClient:
-        return LedgerClient(self.api_address(i), self.key_seed(role), timeout_s)
+        return LedgerClient.for_validator(self.genesis.validators[i], self.key_seed(role), timeout_s)
 
     # -- processes -----------------------------------------------------------------------------------------
     def pid(self, i: int) -> Optional[int]:

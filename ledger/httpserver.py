@@ -4,6 +4,20 @@ It does just what the API needs: request line + headers (bounded sizes), ``Conte
 413 when too large, chunked uploads refused with 411), keep-alive, a routing table with typed path
 parameters, and JSON responses. Every failure a client can cause is answered 4xx with ``{"error": reason}``;
 an unexpected handler exception is logged and answered 500 without internals.
+
+Hardening against unauthenticated clients:
+
+* connection caps: at most ``max_conns`` connections in all and ``max_conns_per_addr`` from one address; at
+  the global cap the oldest idle connection that never authenticated is closed to make room, so a flood
+  of idle sockets cannot lock signed clients out;
+* a connection that has not yet completed an authenticated request gets ``UNAUTH_IDLE_S`` to send each
+  request head (the whole head, so byte-by-byte senders gain nothing); authenticated keep-alive
+  connections idle up to ``IDLE_TIMEOUT_S``;
+* headers are checked by ``pre_body`` (key known, timestamp fresh, right node) before a body is read, and
+  the connection is closed after every 401 and 403;
+* numbers (``Content-Length``, path integers, :func:`ascii_uint`) are ASCII digits only; query strings and
+  paths must decode to ASCII; JSON bodies nest at most ``MAX_JSON_DEPTH`` levels;
+* optional TLS (an :class:`ssl.SSLContext` given to :meth:`HttpServer.start`).
 """
 
 from __future__ import annotations
@@ -12,6 +26,8 @@ import asyncio
 import json
 import logging
 import re
+import ssl
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -20,9 +36,14 @@ logger = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADERS = 64
-HEADER_TIMEOUT_S = 15.0
+UNAUTH_IDLE_S = 5.0  # per request head, until the connection has authenticated once
 BODY_TIMEOUT_S = 30.0
-IDLE_TIMEOUT_S = 120.0
+IDLE_TIMEOUT_S = 60.0  # authenticated keep-alive connections
+TLS_HANDSHAKE_TIMEOUT_S = 5.0
+MAX_CONNS = 512
+MAX_CONNS_PER_ADDR = 64
+MAX_JSON_DEPTH = 64
+CLOSE_AFTER = frozenset({401, 403})
 
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
@@ -60,9 +81,15 @@ class Request:
         if not self.body:
             raise HttpError(400, "request body must be a JSON document")
         try:
-            return json.loads(self.body)
+            obj = json.loads(self.body)
+        except RecursionError:
+            raise HttpError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+        # Only a body with many brackets can nest deeply; most bodies skip the walk.
+        if self.body.count(b"[") + self.body.count(b"{") > MAX_JSON_DEPTH and json_depth(obj) > MAX_JSON_DEPTH:
+            raise HttpError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+        return obj
 
 
 @dataclass
@@ -77,12 +104,35 @@ class Response:
         return cls(status, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
 
 
+def ascii_uint(text: str, max_digits: int = 18) -> Optional[int]:
+    """``text`` as a non-negative integer when it is 1..max_digits ASCII digits, else None.
+
+    ``str.isdigit()`` and ``int()`` also accept Arabic-Indic, fullwidth and other Unicode digits (and
+    ``isdigit`` even superscripts, which ``int`` then refuses): never use them on client input.
+    """
+    if not 1 <= len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def json_depth(obj: Any) -> int:
+    """Nesting depth of a decoded JSON value (iterative, so any depth is safe to measure)."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            depth = max(depth, d)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return depth
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 Middleware = Callable[[Request, "Route"], Awaitable[None]]
+PreBody = Callable[[str, str, dict[str, str]], None]  # (method, path, headers); raises HttpError
 
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)(?::(int|hex|str))?\}")
 _CONVERT = {
-    "int": (r"(\d{1,18})", int),
+    "int": (r"([0-9]{1,18})", int),
     "hex": (r"([0-9a-fA-F]{1,128})", str.lower),
     "str": (r"([^/]{1,256})", str),
 }
@@ -98,6 +148,7 @@ class Route:
     roles: frozenset[str]
     name: str = ""
     max_body: Optional[int] = None
+    node_bound: bool = True  # False: the signature may name no node (identity discovery only)
     regex: re.Pattern = field(init=False)
     converters: list[tuple[str, Callable[[str], Any]]] = field(init=False)
 
@@ -128,8 +179,9 @@ class Router:
         self.routes: list[Route] = []
 
     def add(self, method: str, template: str, handler: Handler, roles: frozenset[str] | set[str] | tuple,
-            name: str = "", max_body: Optional[int] = None) -> Route:
-        route = Route(method.upper(), template, handler, frozenset(roles), name or template, max_body)
+            name: str = "", max_body: Optional[int] = None, node_bound: bool = True) -> Route:
+        route = Route(method.upper(), template, handler, frozenset(roles), name or template, max_body,
+                      node_bound)
         for r in self.routes:
             if r.method == route.method and r.template == route.template:
                 raise ValueError(f"route {route.method} {route.template} is already registered")
@@ -150,60 +202,133 @@ class Router:
         raise HttpError(404, f"no such endpoint: {path}")
 
 
-class HttpServer:
-    """Serve a :class:`Router` on a TCP address. ``before`` runs for every routed request (authentication)."""
+@dataclass(eq=False)
+class _Conn:
+    """One client connection, as the caps and timeouts see it."""
 
-    def __init__(self, router: Router, max_body: int, before: Optional[Middleware] = None) -> None:
+    addr: str
+    writer: asyncio.StreamWriter
+    opened: float
+    authenticated: bool = False  # completed at least one authenticated request
+    busy: bool = False  # a request is being read or handled
+    task: Optional[asyncio.Task] = None
+
+
+class HttpServer:
+    """Serve a :class:`Router` on a TCP address. ``before`` runs for every routed request (authentication);
+    ``pre_body`` checks the headers of a request that has a body before the body is read."""
+
+    def __init__(self, router: Router, max_body: int, before: Optional[Middleware] = None,
+                 pre_body: Optional[PreBody] = None, max_conns: int = MAX_CONNS,
+                 max_conns_per_addr: int = MAX_CONNS_PER_ADDR) -> None:
         self.router = router
         self.max_body = max_body
         self.before = before
+        self.pre_body = pre_body
+        self.max_conns = max_conns
+        self.max_conns_per_addr = max_conns_per_addr
         self._server: Optional[asyncio.base_events.Server] = None
-        self._conns: set[asyncio.Task] = set()
+        self._conns: dict[int, _Conn] = {}
+        self._per_addr: Counter[str] = Counter()
+        self.refused = 0  # connections refused or evicted by the caps
+        self.tls = False
 
-    async def start(self, host: str, port: int) -> int:
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    async def start(self, host: str, port: int, ssl_context: Optional[ssl.SSLContext] = None) -> int:
+        kw: dict[str, Any] = {}
+        if ssl_context is not None:
+            kw = {"ssl": ssl_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S}
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEADER_BYTES + 1024,
-                                                  reuse_address=True, backlog=512)
+                                                  reuse_address=True, backlog=1024, **kw)
+        self.tls = ssl_context is not None
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for t in list(self._conns):
-                t.cancel()
+            for c in list(self._conns.values()):
+                if c.task is not None:
+                    c.task.cancel()
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             except (asyncio.TimeoutError, Exception):
                 pass
             self._server = None
 
+    # -- connection admission --------------------------------------------------------------------------------
+    def _admit(self, conn: _Conn) -> Optional[str]:
+        """Register a new connection; returns why it is refused, or None."""
+        if self._per_addr[conn.addr] >= self.max_conns_per_addr:
+            return f"too many connections from {conn.addr} (limit {self.max_conns_per_addr})"
+        if len(self._conns) >= self.max_conns and not self._evict_one():
+            return f"too many connections (limit {self.max_conns})"
+        self._conns[id(conn)] = conn
+        self._per_addr[conn.addr] += 1
+        return None
+
+    def _evict_one(self) -> bool:
+        """Close the oldest idle connection that never authenticated; False when there is none."""
+        victim = None
+        for c in self._conns.values():
+            if not c.authenticated and not c.busy and (victim is None or c.opened < victim.opened):
+                victim = c
+        if victim is None:
+            return False
+        self._release(victim)
+        self.refused += 1
+        try:
+            victim.writer.transport.abort()
+        except Exception:  # already closing
+            pass
+        if victim.task is not None:
+            victim.task.cancel()
+        return True
+
+    def _release(self, conn: _Conn) -> None:
+        if self._conns.pop(id(conn), None) is not None:
+            self._per_addr[conn.addr] -= 1
+            if self._per_addr[conn.addr] <= 0:
+                del self._per_addr[conn.addr]
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
+        peer = writer.get_extra_info("peername")
+        addr = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        conn = _Conn(addr, writer, asyncio.get_running_loop().time(), task=asyncio.current_task())
+        why = self._admit(conn)
+        if why is not None:
+            self.refused += 1
+            logger.debug("refused connection: %s", why)
+            try:
+                await asyncio.wait_for(self._send(writer, Response.json({"error": why}, 429), close=True), 1.0)
+            except (asyncio.TimeoutError, ConnectionError, OSError):
+                pass
+            writer.transport.abort()
+            return
         try:
             keep = True
-            first = True
             while keep:
-                try:
-                    keep = await self._one(reader, writer, first)
-                except (ConnectionError, asyncio.IncompleteReadError):
-                    break
-                first = False
+                keep = await self._one(reader, writer, conn)
         except asyncio.CancelledError:
             pass
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, ssl.SSLError):
+            pass
+        except Exception as exc:  # a server bug: one line, never the client's traceback in the log
+            logger.error("API connection from %s failed: %s: %s", addr, type(exc).__name__, exc)
         finally:
-            if task is not None:
-                self._conns.discard(task)
+            self._release(conn)
             try:
                 writer.close()
             except Exception:
                 pass
 
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool) -> bool:
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn) -> bool:
         """Handle one request; returns whether the connection stays open."""
+        timeout = IDLE_TIMEOUT_S if conn.authenticated else UNAUTH_IDLE_S
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
-                                          HEADER_TIMEOUT_S if first else IDLE_TIMEOUT_S)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         except asyncio.LimitOverrunError:
             await self._send(writer, Response.json({"error": "request headers too large"}, 431), close=True)
             return False
@@ -213,16 +338,29 @@ class HttpServer:
             return False
         except asyncio.TimeoutError:
             return False
+        conn.busy = True
         try:
-            req, close = await self._parse(head, reader)
-        except HttpError as exc:
-            await self._send(writer, Response.json({"error": exc.reason}, exc.status), close=True)
-            if exc.status == 413:
-                await self._discard(reader)
-            return False
-        resp = await self._dispatch(req)
-        await self._send(writer, resp, close=close)
-        return not close
+            try:
+                req, close = await self._parse(head, reader)
+            except HttpError as exc:
+                await self._send(writer, Response.json({"error": exc.reason}, exc.status), close=True)
+                if exc.status == 413:
+                    await self._discard(reader)
+                return False
+            except (ConnectionError, asyncio.IncompleteReadError):
+                raise
+            except Exception as exc:  # anything else in the client's bytes: a 400, not a crash
+                logger.debug("unparsable request: %s: %s", type(exc).__name__, exc)
+                await self._send(writer, Response.json({"error": "malformed request"}, 400), close=True)
+                return False
+            resp = await self._dispatch(req)
+            if "client" in req.context:
+                conn.authenticated = True
+            close = close or resp.status in CLOSE_AFTER
+            await self._send(writer, resp, close=close)
+            return not close
+        finally:
+            conn.busy = False
 
     @staticmethod
     async def _discard(reader: asyncio.StreamReader, limit: int = 64 * 1024 * 1024) -> None:
@@ -240,27 +378,27 @@ class HttpServer:
             pass
 
     async def _parse(self, head: bytes, reader: asyncio.StreamReader) -> tuple[Request, bool]:
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
-            raise HttpError(400, "undecodable request head") from None
+        text = head.decode("latin-1")  # decodes any byte; non-ASCII is refused field by field below
         lines = text.split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3:
             raise HttpError(400, "malformed request line")
         method, target, version = parts
         if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise HttpError(505, f"unsupported HTTP version {version[:16]!r}")
-        if not method.isalpha() or not method.isupper() or len(method) > 16:
+            raise HttpError(505 if version.startswith("HTTP/") and version.isascii() else 400,
+                            f"unsupported HTTP version {version[:16]!r}")
+        if not method.isascii() or not method.isalpha() or not method.isupper() or len(method) > 16:
             raise HttpError(400, "malformed method")
-        if not target.startswith("/") or len(target) > 4096:
-            raise HttpError(414 if len(target) > 4096 else 400, "malformed or over-long request target")
+        if len(target) > 4096:
+            raise HttpError(414, "over-long request target")
+        if not target.startswith("/") or not target.isascii() or not target.isprintable():
+            raise HttpError(400, "malformed request target")
         headers: dict[str, str] = {}
         for line in lines[1:]:
             if not line:
                 continue
             name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip() or not name.isascii():
+            if not sep or not name or name != name.strip() or not name.isascii() or not name.isprintable():
                 raise HttpError(400, "malformed header line")
             lname = name.lower()
             if lname in headers and lname in ("content-length", "transfer-encoding", "host"):
@@ -272,33 +410,48 @@ class HttpServer:
             version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive")
         if "transfer-encoding" in headers:
             raise HttpError(411, "chunked or encoded bodies are not supported; send Content-Length")
+        split = urlsplit(target)
+        try:
+            path = unquote(split.path, errors="strict")
+        except UnicodeDecodeError:
+            raise HttpError(400, "request path is not valid percent-encoded UTF-8") from None
+        if not path.isascii() or not path.isprintable():
+            raise HttpError(400, "request path must decode to printable ASCII")
+        try:
+            pairs = parse_qsl(split.query, keep_blank_values=True, strict_parsing=False, max_num_fields=32,
+                              errors="strict")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpError(400, f"malformed query string: {exc}") from None
+        if not all(k.isascii() and v.isascii() and k.isprintable() and v.isprintable() for k, v in pairs):
+            raise HttpError(400, "query parameters must decode to printable ASCII")
+        query = dict(pairs)
         body = b""
         cl = headers.get("content-length")
         if cl is not None:
-            if not cl.isdigit() or len(cl) > 12:
-                raise HttpError(400, "malformed Content-Length")
-            n = int(cl)
-            split = urlsplit(target)
+            n = ascii_uint(cl, 12)
+            if n is None:
+                raise HttpError(400, "malformed Content-Length (ASCII digits expected)")
             limit = self.max_body
+            route: Optional[Route] = None
             try:
-                route, _ = self.router.resolve(method, split.path)
+                route, _ = self.router.resolve(method, path)
                 if route.max_body is not None:
                     limit = min(limit, route.max_body)
             except HttpError:
                 pass
             if n > limit:
                 raise HttpError(413, f"request body of {n} bytes exceeds the limit of {limit} bytes")
+            if n and route is not None and self.pre_body is not None:
+                try:
+                    self.pre_body(method, path, headers)  # refuse strangers before buffering their body
+                except HttpError:
+                    await self._discard(reader, n)  # read and drop, so the client sees the answer
+                    raise
             try:
                 body = await asyncio.wait_for(reader.readexactly(n), BODY_TIMEOUT_S)
             except asyncio.TimeoutError:
                 raise HttpError(408, "timed out reading the request body") from None
-        split = urlsplit(target)
-        try:
-            query = dict(parse_qsl(split.query, keep_blank_values=True, strict_parsing=False,
-                                   max_num_fields=32))
-        except ValueError as exc:
-            raise HttpError(400, f"malformed query string: {exc}") from None
-        return Request(method, target, unquote(split.path), query, headers, body), close
+        return Request(method, target, path, query, headers, body), close
 
     async def _dispatch(self, req: Request) -> Response:
         try:

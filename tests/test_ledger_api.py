@@ -43,8 +43,12 @@ def raw(cluster, method, target, body=b"", headers=None, node=0):
         conn.close()
 
 
-def signed(cluster, role, method, target, body=b"", **kw):
-    return sign_request(cluster.key_seed(role), method, target, body, **kw)
+def node_id(cluster, node=0):
+    return cluster.genesis.validators[node].public_key.hex()
+
+
+def signed(cluster, role, method, target, body=b"", node=0, **kw):
+    return sign_request(cluster.key_seed(role), method, target, body, node_id(cluster, node), **kw)
 
 
 def test_every_role_reads_status(cluster):
@@ -58,7 +62,8 @@ def test_unsigned_unknown_and_forged_requests_refused(cluster):
     status, body = raw(cluster, "GET", "/v1/status")
     assert status == 401 and "unsigned" in body["error"]
     stranger = os.urandom(32)
-    status, body = raw(cluster, "GET", "/v1/status", headers=sign_request(stranger, "GET", "/v1/status", b""))
+    status, body = raw(cluster, "GET", "/v1/status",
+                       headers=sign_request(stranger, "GET", "/v1/status", b"", node_id(cluster)))
     assert status == 401 and body["error"] == "unknown client key"
     h = signed(cluster, "auditor", "GET", "/v1/status")
     h["X-Ledger-Signature"] = ("0" if h["X-Ledger-Signature"][0] != "0" else "1") + h["X-Ledger-Signature"][1:]

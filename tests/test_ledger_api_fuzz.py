@@ -30,14 +30,15 @@ ROLES = ("node0", "manager", "pipeline", "auditor")  # node0 is the validator ro
 class SignedAuth(requests.auth.AuthBase):
     """Sign the final request bytes exactly as the ledger client does."""
 
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, node_id: str) -> None:
         self.seed = seed
+        self.node_id = node_id
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         body = r.body or b""
         if isinstance(body, str):
             body = body.encode("utf-8")
-        r.headers.update(sign_request(self.seed, r.method, r.path_url, body))
+        r.headers.update(sign_request(self.seed, r.method, r.path_url, body, self.node_id))
         return r
 
 
@@ -56,7 +57,7 @@ def sessions(cluster):
     out = {}
     for role in ROLES:
         s = requests.Session()
-        s.auth = SignedAuth(cluster.key_seed(role))
+        s.auth = SignedAuth(cluster.key_seed(role), cluster.genesis.validators[0].public_key.hex())
         out[role] = s
     yield out
     for s in out.values():
