@@ -197,6 +197,176 @@ def rotate(keys_dir: Optional[Path] = None, kek: bool = True, pseudonym_key: boo
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Auditor key pair (X25519): the pipeline seals per-face decisions to the public half; auditors hold the private
+
+AUDITOR_KEY_FILE = "auditor.x25519"
+AUDITOR_PUB_FILE = "auditor.x25519.pub"
+AUDITOR_FORMAT = "riskmask-auditor-key/1"
+
+
+def auditor_public_path(keys_dir: Optional[Path] = None) -> Path:
+    return Path(keys_dir or default_keys_dir()) / AUDITOR_PUB_FILE
+
+
+def auditor_private_path(keys_dir: Optional[Path] = None) -> Path:
+    return Path(keys_dir or default_keys_dir()) / AUDITOR_KEY_FILE
+
+
+def init_auditor_key(keys_dir: Optional[Path] = None, force: bool = False) -> Path:
+    """Create the auditor key pair: private key 0600 (give it to the auditors only), public key beside it."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    path = auditor_private_path(keys_dir)
+    if path.exists() and not force:
+        raise KeyringError(f"auditor key already exists at {path} (refusing to overwrite keys)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    priv = X25519PrivateKey.generate()
+    raw = priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    pub = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    _write_private(path, json.dumps({"format": AUDITOR_FORMAT, "private_key": raw.hex(), "public_key": pub.hex()},
+                                    indent=2))
+    pub_path = auditor_public_path(keys_dir)
+    pub_path.write_text(json.dumps({"format": AUDITOR_FORMAT, "public_key": pub.hex()}, indent=2),
+                        encoding="utf-8")
+    logger.info("created auditor key pair %s", path)
+    return path
+
+
+def _read_key_doc(path: Path, field_name: str) -> bytes:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") != AUDITOR_FORMAT:
+            raise KeyringError(f"{path} is not a riskmask auditor key")
+        key = bytes.fromhex(doc[field_name])
+    except FileNotFoundError:
+        raise KeyringError(f"no auditor key at {path}: run `riskmask keys auditor`") from None
+    except KeyringError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KeyringError(f"malformed auditor key {path}: {type(exc).__name__}") from None
+    if len(key) != 32:
+        raise KeyringError(f"malformed auditor key {path}: not 32 bytes")
+    return key
+
+
+def load_auditor_public_key(path_or_dir: Optional[Path] = None) -> bytes:
+    """The auditor X25519 public key from a ``.pub`` file or a keys directory."""
+    path = Path(path_or_dir) if path_or_dir is not None else auditor_public_path()
+    return _read_key_doc(path / AUDITOR_PUB_FILE if path.is_dir() else path, "public_key")
+
+
+def load_auditor_private_key(path_or_dir: Optional[Path] = None) -> bytes:
+    """The auditor X25519 private key from its file or a keys directory; refuses a file open to others."""
+    path = Path(path_or_dir) if path_or_dir is not None else auditor_private_path()
+    path = path / AUDITOR_KEY_FILE if path.is_dir() else path
+    if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise KeyringError(f"auditor key {path} is accessible by others; chmod 600 it")
+    return _read_key_doc(path, "private_key")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-camera frame keys (AES-256-GCM of the raw image payload on frames.raw)
+
+FRAME_KEYS_FILE = "frame_keys.json"
+FRAME_KEYS_FORMAT = "riskmask-frame-keys/1"
+
+
+@dataclass
+class FrameKeys:
+    """Per-camera AES-256 keys: ``cameras`` maps a camera id to its active key id; ``keys`` holds every key
+    (old ones stay to read frames written before a rotation)."""
+
+    keys: dict[bytes, bytes] = field(default_factory=dict)
+    cameras: dict[str, bytes] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"FrameKeys(keys={len(self.keys)}, cameras={len(self.cameras)})"
+
+    def key_for(self, camera_id: str) -> Optional[tuple[bytes, bytes]]:
+        """(key id, key) of a camera, or None."""
+        kid = self.cameras.get(camera_id)
+        return None if kid is None else (kid, self.keys[kid])
+
+    def add_camera(self, camera_id: str) -> bytes:
+        key = os.urandom(32)
+        kid = key_id(key)
+        self.keys[kid] = key
+        self.cameras[camera_id] = kid
+        return kid
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FRAME_KEYS_FORMAT,
+                           "keys": {k.hex(): base64.b64encode(v).decode("ascii") for k, v in self.keys.items()},
+                           "cameras": {c: k.hex() for c, k in self.cameras.items()}}, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FrameKeys":
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != FRAME_KEYS_FORMAT:
+                raise KeyringError(f"unknown frame key file format {doc.get('format')!r}")
+            out = cls()
+            for kid, b64 in doc["keys"].items():
+                key = base64.b64decode(b64, validate=True)
+                if len(key) != 32 or key_id(key).hex() != kid:
+                    raise KeyringError(f"corrupt frame key {kid!r}")
+                out.keys[key_id(key)] = key
+            for cam, kid in doc["cameras"].items():
+                if bytes.fromhex(kid) not in out.keys:
+                    raise KeyringError(f"camera {cam!r} names no key")
+                out.cameras[str(cam)] = bytes.fromhex(kid)
+        except KeyringError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyringError(f"malformed frame key file: {type(exc).__name__}") from None
+        return out
+
+
+def frame_keys_path(keys_dir: Optional[Path] = None) -> Path:
+    return Path(keys_dir or default_keys_dir()) / FRAME_KEYS_FILE
+
+
+def load_frame_keys(keys_dir: Optional[Path] = None) -> FrameKeys:
+    """The per-camera frame keys; refuses a file open to others. A missing file is an empty set."""
+    path = frame_keys_path(keys_dir)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return FrameKeys()
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise KeyringError(f"frame key file {path} is accessible by others; chmod 600 it")
+    return FrameKeys.from_json(path.read_text(encoding="utf-8"))
+
+
+def camera_frame_key(camera_id: str, keys_dir: Optional[Path] = None, create: bool = True) -> tuple[bytes, bytes]:
+    """(key id, key) of a camera, created (and saved, 0600) on first use when ``create``."""
+    found = load_frame_keys(keys_dir).key_for(camera_id)
+    if found is not None:
+        return found
+    if not create:
+        raise KeyringError(f"no frame key for camera {camera_id!r} in {frame_keys_path(keys_dir)}")
+    import fcntl
+
+    path = frame_keys_path(keys_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # cameras of one file (threads) or processes creating keys at once
+        keys = load_frame_keys(keys_dir)
+        if keys.key_for(camera_id) is None:
+            keys.add_camera(camera_id)
+            _write_private(path, keys.to_json())
+            logger.info("created frame key for camera %s", camera_id)
+    finally:
+        os.close(lock_fd)
+    found = keys.key_for(camera_id)
+    assert found is not None
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -223,6 +393,14 @@ def add_commands(sub) -> None:
     show = ksub.add_parser("show", help="print key ids and which are active (never the keys)")
     _keys_dir_option(show)
     show.set_defaults(func=_keys_show)
+    aud = ksub.add_parser("auditor", help="create the auditor key pair (X25519) that audit decisions are sealed to")
+    _keys_dir_option(aud)
+    aud.add_argument("--force", action="store_true", help="replace an existing auditor key pair")
+    aud.set_defaults(func=_keys_auditor)
+    cam = ksub.add_parser("camera", help="create (or show the id of) a camera's raw-frame encryption key")
+    _keys_dir_option(cam)
+    cam.add_argument("camera_id", help="camera id")
+    cam.set_defaults(func=_keys_camera)
 
 
 def load_keys(keys_dir: Optional[Path]) -> Keyring:
@@ -254,4 +432,29 @@ def _keys_show(args) -> int:
     print(json.dumps({"active_kek": ring.active_kek.hex(), "active_pseudonym_key": ring.active_pseudonym.hex(),
                       "keks": [k.hex() for k in ring.keks], "pseudonym_keys": [k.hex() for k in ring.pseudonym_keys]},
                      indent=2))
+    return 0
+
+
+def _keys_auditor(args) -> int:
+    try:
+        path = init_auditor_key(args.keys_dir, force=args.force)
+        pub = load_auditor_public_key(auditor_public_path(args.keys_dir))
+    except KeyringError as exc:
+        raise UserError(str(exc)) from None
+    from ledger.privacy import auditor_key_id
+
+    print(f"auditor key pair created: {path} (mode 0600, give it to the auditors only) and "
+          f"{auditor_public_path(args.keys_dir)} (for the pipeline); key id {auditor_key_id(pub).hex()}")
+    return 0
+
+
+def _keys_camera(args) -> int:
+    camera = str(args.camera_id)
+    if not camera or len(camera) > 128 or not camera.isprintable():
+        raise UserError("camera id must be 1-128 printable characters")
+    try:
+        kid, _ = camera_frame_key(camera, args.keys_dir, create=True)
+    except KeyringError as exc:
+        raise UserError(str(exc)) from None
+    print(f"camera {camera}: frame key {kid.hex()} in {frame_keys_path(args.keys_dir)}")
     return 0

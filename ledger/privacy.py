@@ -370,3 +370,105 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     if na == 0.0 or nb == 0.0 or not math.isfinite(na * nb):
         return 0.0
     return float(np.dot(a, b) / (na * nb))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sealing for auditors (per-face decisions in audit records)
+#
+# A sealed box: a fresh X25519 key pair per message, ECDH with the auditor's public key, HKDF-SHA256 over the
+# shared secret (salt = ephemeral public || auditor public) to a one-time AES-256-GCM key. Only the holder of
+# the auditor's private key opens it; the pipeline holds the public key alone. Layout:
+# version (1) || auditor key id (8) || ephemeral public key (32) || nonce (12) || ciphertext || tag (16).
+
+SEAL_VERSION = 1
+_SEAL_INFO = b"riskmask-auditor-seal/v1"
+SEAL_OVERHEAD = 1 + KEY_ID_LEN + 32 + NONCE_LEN + 16
+
+
+def auditor_key_id(public_key: bytes) -> bytes:
+    """8-byte id of an auditor X25519 public key (its SHA-256 prefix: public, names the key)."""
+    return hashlib.sha256(b"riskmask-auditor-key/v1" + bytes(public_key)).digest()[:KEY_ID_LEN]
+
+
+def _seal_key(shared: bytes, eph_pub: bytes, recipient_pub: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=eph_pub + recipient_pub, info=_SEAL_INFO).derive(shared)
+
+
+def decisions_aad(camera_id: str, epoch: int, seq: int, raw_sha256: bytes, redacted_sha256: bytes) -> bytes:
+    """Additional data of a frame's sealed face decisions: they cannot be moved to another frame's record."""
+    return (Writer().raw(_SEAL_INFO).text(camera_id).i64(epoch).i64(seq).blob(raw_sha256).blob(redacted_sha256)
+            .getvalue())
+
+
+def seal_for_auditor(public_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Encrypt ``plaintext`` so that only the auditor private key can open it; ``aad`` is bound, not stored."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != 32:
+        raise PrivacyError("auditor public key must be 32 bytes (X25519)")
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    shared = eph.exchange(X25519PublicKey.from_public_bytes(bytes(public_key)))
+    key = _seal_key(shared, eph_pub, bytes(public_key))
+    header = bytes([SEAL_VERSION]) + auditor_key_id(public_key) + eph_pub
+    nonce = os.urandom(NONCE_LEN)
+    return header + nonce + AESGCM(key).encrypt(nonce, bytes(plaintext), header + bytes(aad))
+
+
+def open_for_auditor(private_key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Open a :func:`seal_for_auditor` box; DecryptionError for another key, other ``aad`` or tampering."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    sealed = bytes(sealed)
+    if len(sealed) < SEAL_OVERHEAD or sealed[0] != SEAL_VERSION:
+        raise DecryptionError("malformed sealed box")
+    priv = X25519PrivateKey.from_private_bytes(bytes(private_key))
+    pub = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    header = sealed[:1 + KEY_ID_LEN + 32]
+    if header[1:1 + KEY_ID_LEN] != auditor_key_id(pub):
+        raise DecryptionError(f"sealed for auditor key {header[1:1 + KEY_ID_LEN].hex()}, not this key "
+                              f"({auditor_key_id(pub).hex()})")
+    eph_pub = header[1 + KEY_ID_LEN:]
+    nonce, body = sealed[len(header):len(header) + NONCE_LEN], sealed[len(header) + NONCE_LEN:]
+    try:
+        shared = priv.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+        return AESGCM(_seal_key(shared, eph_pub, pub)).decrypt(nonce, body, header + bytes(aad))
+    except (InvalidTag, ValueError):
+        raise DecryptionError("sealed box authentication failed (tampered, or bound to another frame)") from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Raw camera frames: AES-256-GCM under a per-camera key
+
+FRAME_AAD_DOMAIN = b"riskmask-camera-frame/v1"
+
+
+def frame_aad(camera_id: str, epoch: int, seq: int, capture_ts_us: int, width: int, height: int,
+              encoding: str) -> bytes:
+    """Additional data of an encrypted frame image: every CameraFrame field but the image itself."""
+    return (Writer().raw(FRAME_AAD_DOMAIN).text(camera_id).i64(epoch).i64(seq).i64(capture_ts_us).i64(width)
+            .i64(height).text(encoding).getvalue())
+
+
+def encrypt_frame(key: bytes, image: bytes, aad: bytes) -> bytes:
+    """nonce (12) || AES-256-GCM ciphertext || tag of one frame's encoded image."""
+    _check_key(key, "camera frame key")
+    nonce = os.urandom(NONCE_LEN)
+    return nonce + AESGCM(key).encrypt(nonce, bytes(image), aad)
+
+
+def decrypt_frame(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    """The encoded image of :func:`encrypt_frame`; DecryptionError for a wrong key, other frame or tampering."""
+    _check_key(key, "camera frame key")
+    blob = bytes(blob)
+    if len(blob) < NONCE_LEN + 16:
+        raise DecryptionError("encrypted frame too short")
+    try:
+        return AESGCM(key).decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], aad)
+    except InvalidTag:
+        raise DecryptionError("frame authentication failed (wrong key, tampered, or another frame)") from None

@@ -1,9 +1,11 @@
 """Audit records and per-camera hash-chained audit blocks (pure, no I/O).
 
 Every redacted frame yields one :class:`~schemas.messages.AuditRecord`: the SHA-256 of the raw and of the
-redacted image, what was done to each face (box, source, identity class, risk group, mask mode and strength;
-no template, no pseudonym, a keyed subject reference only for disclosed high-risk subjects), the watchlist
-height and the policy/model ids. A :class:`CameraChain` collects one camera's records and cuts an
+redacted image, the masked regions as published, the watchlist height and the policy/model ids, and what was
+done to each face (box, track id, source, identity class, risk group, suspect flag, mask mode and strength;
+no template, no pseudonym, a keyed subject reference only for disclosed high-risk subjects) *sealed to the
+auditor's X25519 key* (``sealed_faces``, bound to the frame by its camera/epoch/seq and image hashes). Without
+an auditor key no per-face decision is recorded at all: nothing of it is ever written in clear. A :class:`CameraChain` collects one camera's records and cuts an
 :class:`~schemas.messages.AuditBlock` when ``max_records`` records are pending or when the capture times of
 the arriving records span ``max_window_us`` (no timers: the flush is decided on each arriving record).
 
@@ -23,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from schemas.messages import AuditBlock, AuditRecord, FaceDecision, RedactedFrame
+from schemas.messages import AuditBlock, AuditRecord, FaceDecision, RedactedFrame, SealedFaces
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +46,29 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     return merkle.merkle_root(list(leaves))
 
 
-def record_from_redacted(frame: RedactedFrame) -> AuditRecord:
-    """The audit record of one redacted frame (its face decisions carry no personal data by schema)."""
+def seal_decisions(frame: RedactedFrame, decisions: Sequence[FaceDecision],
+                   auditor_public_key: bytes) -> tuple[bytes, bytes]:
+    """(auditor key id, sealed box) of a frame's per-face decisions, bound to that frame."""
+    from ledger.privacy import auditor_key_id, decisions_aad, seal_for_auditor
+
+    plain = SealedFaces(faces=tuple(scrub_face(f) for f in decisions)).to_bytes()
+    aad = decisions_aad(frame.camera_id, frame.epoch, frame.seq, frame.raw_sha256, frame.redacted_sha256)
+    return auditor_key_id(auditor_public_key), seal_for_auditor(auditor_public_key, plain, aad)
+
+
+def record_from_redacted(frame: RedactedFrame, decisions: Sequence[FaceDecision] = (),
+                         auditor_public_key: Optional[bytes] = None) -> AuditRecord:
+    """The audit record of one redacted frame; ``decisions`` are sealed to ``auditor_public_key`` (and left
+    out entirely without one: never in clear)."""
+    kid = sealed = None
+    if auditor_public_key is not None:
+        kid, sealed = seal_decisions(frame, decisions, auditor_public_key)
     return AuditRecord(
         camera_id=frame.camera_id, epoch=frame.epoch, seq=frame.seq, capture_ts_us=frame.capture_ts_us,
         raw_sha256=frame.raw_sha256, redacted_sha256=frame.redacted_sha256, policy_id=frame.policy_id,
-        detector_id=frame.detector_id, faces=tuple(scrub_face(f) for f in frame.faces),
-        recognizer_id=frame.recognizer_id, watchlist_height=frame.watchlist_height, degraded=frame.degraded)
+        detector_id=frame.detector_id, masks=frame.masks, recognizer_id=frame.recognizer_id,
+        watchlist_height=frame.watchlist_height, degraded=frame.degraded, auditor_key_id=kid,
+        sealed_faces=sealed)
 
 
 def scrub_face(face: FaceDecision) -> FaceDecision:

@@ -34,11 +34,16 @@ class KafkaRecord:
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """One record to produce: the sink owns the topic, this owns key, value and headers."""
+    """One record to produce: the sink owns the topic, this owns key, value and headers.
+
+    ``decisions`` travels inside the pipeline only (never written by a sink): the per-face decisions of a
+    redacted frame, which the Audit stage seals for the auditor. The record written to Kafka has none of them.
+    """
 
     key: Optional[bytes]
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
+    decisions: tuple[FaceDecision, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

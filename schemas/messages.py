@@ -69,6 +69,20 @@ class CameraFrame(Message):
     height: int
     image: bytes
     encoding: str = "jpeg"
+    image_key_id: Optional[bytes] = None
+
+
+@dataclass(frozen=True)
+class MaskRegion(Message):
+    """A masked area as a viewer draws it; no identity class, risk group, suspect flag or track id."""
+
+    SCHEMA: ClassVar[str] = "riskmask.v1.MaskRegion"
+    x: int
+    y: int
+    w: int
+    h: int
+    mode: str
+    shape: str = "box"
 
 
 @dataclass(frozen=True)
@@ -92,9 +106,18 @@ class FaceDecision(Message):
 
 
 @dataclass(frozen=True)
+class SealedFaces(Message):
+    """Plaintext of ``AuditRecord.sealed_faces``: only ever stored encrypted to the auditor key."""
+
+    SCHEMA: ClassVar[str] = "riskmask.v1.SealedFaces"
+    NESTED: ClassVar[dict[str, Type[Message]]] = {"faces": FaceDecision}
+    faces: tuple[FaceDecision, ...] = ()
+
+
+@dataclass(frozen=True)
 class RedactedFrame(Message):
     SCHEMA: ClassVar[str] = "riskmask.v1.RedactedFrame"
-    NESTED: ClassVar[dict[str, Type[Message]]] = {"faces": FaceDecision}
+    NESTED: ClassVar[dict[str, Type[Message]]] = {"masks": MaskRegion}
     camera_id: str
     epoch: int
     seq: int
@@ -107,7 +130,7 @@ class RedactedFrame(Message):
     redacted_sha256: bytes
     policy_id: str
     detector_id: str
-    faces: tuple[FaceDecision, ...] = ()
+    masks: tuple[MaskRegion, ...] = ()
     encoding: str = "jpeg"
     recognizer_id: str = ""
     watchlist_height: int = -1
@@ -121,7 +144,7 @@ class RedactedFrame(Message):
 @dataclass(frozen=True)
 class AuditRecord(Message):
     SCHEMA: ClassVar[str] = "riskmask.v1.AuditRecord"
-    NESTED: ClassVar[dict[str, Type[Message]]] = {"faces": FaceDecision}
+    NESTED: ClassVar[dict[str, Type[Message]]] = {"masks": MaskRegion}
     camera_id: str
     epoch: int
     seq: int
@@ -130,10 +153,12 @@ class AuditRecord(Message):
     redacted_sha256: bytes
     policy_id: str
     detector_id: str
-    faces: tuple[FaceDecision, ...] = ()
+    masks: tuple[MaskRegion, ...] = ()
     recognizer_id: str = ""
     watchlist_height: int = -1
     degraded: bool = False
+    auditor_key_id: Optional[bytes] = None
+    sealed_faces: Optional[bytes] = None
 
 
 @dataclass(frozen=True)
@@ -198,4 +223,4 @@ class DeadLetter(Message):
 
 
 TOP_LEVEL: tuple[Type[Message], ...] = (CameraFrame, RedactedFrame, AuditRecord, AuditBlock, LedgerBlock,
-                                        DeadLetter, FaceDecision)
+                                        DeadLetter, FaceDecision, MaskRegion, SealedFaces)

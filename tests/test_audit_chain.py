@@ -11,7 +11,7 @@ from ledger import merkle
 from pipelines.audit_chain import (ZERO_HASH, AuditChainError, CameraChain, FlushRule, anchor_tx, block_hash,
                                    make_block, merkle_root, record_from_redacted, scrub_face, verify_block,
                                    verify_chain)
-from schemas.messages import AuditBlock, AuditRecord, FaceDecision, RedactedFrame
+from schemas.messages import AuditBlock, AuditRecord, FaceDecision, MaskRegion, RedactedFrame
 
 
 def face(identity: str = "unknown", mode: str = "gaussian", ref: str | None = None) -> FaceDecision:
@@ -25,7 +25,8 @@ def record(seq: int, camera: str = "cam-1", ts_us: int | None = None) -> AuditRe
                        capture_ts_us=1_000_000 + 40_000 * seq if ts_us is None else ts_us,
                        raw_sha256=hashlib.sha256(b"raw%d" % seq).digest(),
                        redacted_sha256=hashlib.sha256(b"red%d" % seq).digest(), policy_id="default-v1",
-                       detector_id="yunet-2023mar", faces=(face(),), recognizer_id="sface-2021dec",
+                       detector_id="yunet-2023mar", masks=(MaskRegion(x=4, y=8, w=92, h=110, mode="gaussian"),),
+                       recognizer_id="sface-2021dec",
                        watchlist_height=42)
 
 
@@ -118,21 +119,55 @@ def test_records_of_other_cameras_and_bad_rules_are_refused() -> None:
         FlushRule(max_records=0)
 
 
-def test_record_from_redacted_keeps_no_personal_data() -> None:
-    frame = RedactedFrame(
-        camera_id="cam-1", epoch=1, seq=7, capture_ts_us=123, processed_ts_us=456, width=640, height=480,
-        image=b"\xff\xd8jpeg", raw_sha256=b"\x01" * 32, redacted_sha256=b"\x02" * 32, policy_id="default-v1",
-        detector_id="yunet-2023mar", recognizer_id="sface-2021dec", watchlist_height=42,
-        faces=(face("unknown", ref="leaked-ref"), face("matched", "gaussian", ref="not-disclosed"),
-               face("matched", "none", ref="ab12cd34ef56ab12")))
-    rec = record_from_redacted(frame)
+def _auditor_keys() -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    priv = X25519PrivateKey.generate()
+    return (priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
+            priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+REDACTED = RedactedFrame(
+    camera_id="cam-1", epoch=1, seq=7, capture_ts_us=123, processed_ts_us=456, width=640, height=480,
+    image=b"\xff\xd8jpeg", raw_sha256=b"\x01" * 32, redacted_sha256=b"\x02" * 32, policy_id="default-v1",
+    detector_id="yunet-2023mar", recognizer_id="sface-2021dec", watchlist_height=42,
+    masks=(MaskRegion(x=0, y=0, w=100, h=120, mode="gaussian"),))
+DECISIONS = (face("unknown", ref="leaked-ref"), face("matched", "gaussian", ref="not-disclosed"),
+             face("matched", "none", ref="ab12cd34ef56ab12"))
+
+
+def test_record_from_redacted_seals_decisions_for_the_auditor_only() -> None:
+    from ledger.audit_decisions import DecisionsError, open_faces
+
+    private, public = _auditor_keys()
+    rec = record_from_redacted(REDACTED, DECISIONS, public)
     assert (rec.camera_id, rec.epoch, rec.seq, rec.capture_ts_us) == ("cam-1", 1, 7, 123)
     assert rec.raw_sha256 == b"\x01" * 32 and rec.redacted_sha256 == b"\x02" * 32
     assert (rec.policy_id, rec.detector_id, rec.recognizer_id, rec.watchlist_height) == \
         ("default-v1", "yunet-2023mar", "sface-2021dec", 42)
-    assert [f.subject_ref for f in rec.faces] == [None, None, "ab12cd34ef56ab12"]
-    assert b"jpeg" not in rec.to_bytes()
+    assert rec.masks == REDACTED.masks and rec.sealed_faces is not None and len(rec.auditor_key_id) == 8
+    wire = rec.to_bytes()
+    for clear in (b"jpeg", b"matched", b"unknown", b"ab12cd34ef56ab12", b"leaked-ref"):
+        assert clear not in wire
+    opened = open_faces(AuditRecord.from_bytes(wire), private)
+    assert [f.identity for f in opened] == ["unknown", "matched", "matched"]
+    assert [f.subject_ref for f in opened] == [None, None, "ab12cd34ef56ab12"]  # scrubbed before sealing
+    assert [(f.track_id, f.risk_group, f.suspect) for f in opened] == [(3, 1, False), (3, 1, False), (3, 4, True)]
+    # another auditor's key, or the seal moved onto another frame's record, does not open
+    with pytest.raises(DecisionsError):
+        open_faces(rec, _auditor_keys()[0])
+    import dataclasses
+
+    with pytest.raises(DecisionsError):
+        open_faces(dataclasses.replace(rec, seq=8), private)
     assert scrub_face(face("unknown")) == face("unknown")
+
+
+def test_without_an_auditor_key_no_decision_is_recorded() -> None:
+    rec = record_from_redacted(REDACTED, DECISIONS, None)
+    assert rec.sealed_faces is None and rec.auditor_key_id is None and rec.masks == REDACTED.masks
+    assert b"matched" not in rec.to_bytes()
 
 
 def test_anchor_transaction_binds_the_block() -> None:

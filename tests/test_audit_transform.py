@@ -30,6 +30,15 @@ def masked_frame(camera: str, seq: int) -> FrameContext:
                             track_id=1),))
 
 
+def _auditor_keys() -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+    priv = X25519PrivateKey.generate()
+    return (priv.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
+            priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
 def blocks_of(messages: list[OutboundMessage]) -> dict[str, list[AuditBlock]]:
     out: dict[str, list[AuditBlock]] = {}
     for m in messages:
@@ -55,7 +64,7 @@ def test_encode_then_audit_chains_blocks_per_camera() -> None:
                 for r in b.records:
                     assert r.raw_sha256 == hashlib.sha256(b"%s-%d" % (cam.encode(), r.seq)).digest()
                     assert len(r.redacted_sha256) == 32 and r.policy_id == "default-v1"
-                    assert r.faces[0].mode == "gaussian" and r.faces[0].subject_ref is None
+                    assert r.masks[0].mode == "gaussian" and r.sealed_faces is None  # no auditor key given
                 assert b.anchor_tx_hash is None
 
     with test_pipeline.TestPipeline() as p:
@@ -139,13 +148,21 @@ def test_stages_compose_from_kafka_records_to_audit_blocks() -> None:
         assert [f.seq for f in frames] == list(range(8))
         for f in frames:
             assert f.raw_sha256 == raw_hashes[f.seq] and not f.degraded
-            assert len(f.faces) == 1 and f.faces[0].mode != "none" and f.faces[0].subject_ref is None
+            assert len(f.masks) == 1 and f.masks[0].mode != "none"
+
+    private, public = _auditor_keys()
 
     def check_blocks(messages: list[OutboundMessage]) -> None:
+        from ledger.audit_decisions import open_faces
+
         blocks = blocks_of(messages)["cam-clip"]
         assert [b.index for b in blocks] == [0, 1]
         verify_chain(blocks)
         assert [r.seq for b in blocks for r in b.records] == list(range(8))
+        for r in (r for b in blocks for r in b.records):  # the auditor opens each frame's decisions
+            faces = open_faces(r, private)
+            assert len(faces) == 1 and faces[0].identity == "unknown" and faces[0].track_id is not None
+            assert faces[0].risk_group == 1 and not faces[0].suspect
 
     index = WatchlistIndex.empty(height=0, synced_at=1.0)
     with test_pipeline.TestPipeline() as p:
@@ -154,7 +171,8 @@ def test_stages_compose_from_kafka_records_to_audit_blocks() -> None:
                    | EnrichRisk(lambda: StaticWatchlistSource(index), RiskConfig(background_sync=False))
                    | MaskFaces("default") | Encode())
         assert_that(encoded["redacted"], check_redacted, label="redacted")
-        assert_that(encoded["redacted"] | Audit(FlushRule(max_records=4)), check_blocks, label="blocks")
+        assert_that(encoded["redacted"] | Audit(FlushRule(max_records=4), auditor_public_key=public), check_blocks,
+                    label="blocks")
 
 
 def test_audit_from_options() -> None:
@@ -169,3 +187,18 @@ def test_audit_from_options() -> None:
     assert b._rule == FlushRule(10, 2_500_000) and b._anchorer.ledger_dir == "/tmp/ledger"
     with pytest.raises(ValueError):
         audit_from_options(SimpleNamespace(anchor_audit_blocks=True))
+
+
+def test_audit_from_options_finds_the_auditor_key(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from ledger.keys import init_auditor_key, load_auditor_public_key
+    from pipelines.transforms.audit import audit_from_options
+
+    assert audit_from_options(SimpleNamespace(keys_dir=str(tmp_path)))._auditor_public_key is None
+    init_auditor_key(tmp_path)
+    a = audit_from_options(SimpleNamespace(keys_dir=str(tmp_path)))
+    assert a._auditor_public_key == load_auditor_public_key(tmp_path)
+    (tmp_path / "broken.pub").write_text("{not json")
+    with pytest.raises(ValueError):
+        audit_from_options(SimpleNamespace(auditor_public_key=str(tmp_path / "broken.pub")))

@@ -93,9 +93,11 @@ FACE = m.FaceDecision(x=212, y=48, w=96, h=118, score=0.875, risk_group=1, mode=
 SUSPECT = m.FaceDecision(x=700, y=300, w=40, h=52, score=0.625, risk_group=4, mode="none", strength=0.0,
                          source="tracked", identity="registered", suspect=True, mask_scale=0.75,
                          subject_ref="ps:3f9a0c")
+MASK = m.MaskRegion(x=188, y=18, w=144, h=178, mode="gaussian", shape="ellipse")
 RECORD = m.AuditRecord(camera_id="gate-3", epoch=T0, seq=41, capture_ts_us=T0 + 40_000, raw_sha256=SHA_A,
                        redacted_sha256=SHA_B, policy_id="paper-v1", detector_id="yunet-2023mar",
-                       faces=(FACE, SUSPECT), recognizer_id="sface-2021dec", watchlist_height=12)
+                       masks=(MASK,), recognizer_id="sface-2021dec", watchlist_height=12,
+                       auditor_key_id=b"\x01" * 8, sealed_faces=b"\x01" + b"\x02" * 120)
 
 SAMPLES: list[m.Message] = [
     m.CameraFrame(camera_id="gate-3", epoch=T0, seq=41, capture_ts_us=T0 + 40_000, width=512, height=512,
@@ -104,7 +106,7 @@ SAMPLES: list[m.Message] = [
     SUSPECT,
     m.RedactedFrame(camera_id="gate-3", epoch=T0, seq=41, capture_ts_us=T0 + 40_000, processed_ts_us=T0 + 90_000,
                     width=512, height=512, image=JPEG, raw_sha256=SHA_A, redacted_sha256=SHA_B,
-                    policy_id="paper-v1", detector_id="yunet-2023mar", faces=(FACE, SUSPECT), degraded=True,
+                    policy_id="paper-v1", detector_id="yunet-2023mar", masks=(MASK,), degraded=True,
                     degraded_reason="risk lookup stale", source_topic="frames.raw", source_partition=1,
                     source_offset=77),
     m.RedactedFrame(camera_id="lobby", epoch=T0, seq=0, capture_ts_us=T0, processed_ts_us=T0 + 1, width=64,
@@ -122,6 +124,10 @@ SAMPLES: list[m.Message] = [
                  detail="CameraFrame: EOFError"),
     m.DeadLetter(source_topic="frames.raw", source_partition=3, source_offset=0, stage="decode", reason="not_avro",
                  payload_sha256=SHA_B, payload_size=0, ts_us=T0),
+    MASK,
+    m.SealedFaces(faces=(FACE, SUSPECT)),
+    m.CameraFrame(camera_id="gate-3", epoch=T0, seq=42, capture_ts_us=T0 + 80_000, width=512, height=512,
+                  image=b"\x00" * 12 + b"\x55" * 300, image_key_id=b"\x07" * 8),
 ]
 
 
@@ -142,9 +148,11 @@ def test_round_trip_bytes_and_dict(msg: m.Message) -> None:
 
 def test_nested_values_come_back_typed() -> None:
     frame = m.RedactedFrame.from_bytes(SAMPLES[3].to_bytes())
-    assert all(isinstance(f, m.FaceDecision) for f in frame.faces) and frame.faces[1].suspect
+    assert all(isinstance(f, m.MaskRegion) for f in frame.masks) and frame.masks[0].shape == "ellipse"
     block = m.AuditBlock.from_bytes(SAMPLES[6].to_bytes())
-    assert isinstance(block.records[0], m.AuditRecord) and isinstance(block.records[0].faces[0], m.FaceDecision)
+    assert isinstance(block.records[0], m.AuditRecord) and isinstance(block.records[0].masks[0], m.MaskRegion)
+    sealed = m.SealedFaces.from_bytes(m.SealedFaces(faces=(FACE, SUSPECT)).to_bytes())
+    assert isinstance(sealed.faces[1], m.FaceDecision) and sealed.faces[1].suspect
     ledger = m.LedgerBlock.from_bytes(SAMPLES[7].to_bytes())
     assert isinstance(ledger.txs[0], m.LedgerTx) and isinstance(ledger.commit[2], m.CommitSig)
 

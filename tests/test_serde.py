@@ -35,21 +35,29 @@ FACE_DETECTED = {"x": 212, "y": 48, "w": 96, "h": 118, "score": 0.875, "track_id
 FACE_SUSPECT = {"x": 700, "y": 300, "w": 40, "h": 52, "score": 0.625, "track_id": None, "source": "tracked",
                 "identity": "registered", "risk_group": 4, "suspect": True, "mode": "none", "shape": "box",
                 "strength": 0.0, "mask_scale": 0.75, "subject_ref": "ps:3f9a0c"}
+MASK = {"x": 188, "y": 18, "w": 144, "h": 178, "mode": "gaussian", "shape": "ellipse"}
 AUDIT_RECORD = {"camera_id": "gate-3", "epoch": T0, "seq": 41, "capture_ts_us": T0 + 1_640_000,
                 "raw_sha256": RAW_SHA, "redacted_sha256": RED_SHA, "policy_id": "paper-v1",
                 "detector_id": "yunet-2023mar", "recognizer_id": "sface-2021dec", "watchlist_height": 12,
-                "degraded": False, "faces": [FACE_DETECTED, FACE_SUSPECT]}
+                "degraded": False, "masks": [MASK], "auditor_key_id": b"\x05" * 8,
+                "sealed_faces": b"\x01" + b"\x09" * 140}
+# The same frame and record as written before per-face decisions left the outputs (schemas/history/*.v1)
+AUDIT_RECORD_V1 = {k: v for k, v in AUDIT_RECORD.items() if k not in ("masks", "auditor_key_id", "sealed_faces")}
+AUDIT_RECORD_V1["faces"] = [FACE_DETECTED, FACE_SUSPECT]
 
 SAMPLES: dict[str, dict] = {
     "riskmask.v1.CameraFrame": {"camera_id": "gate-3", "epoch": T0, "seq": 41, "capture_ts_us": T0 + 1_640_000,
-                                "width": 512, "height": 512, "encoding": "jpeg", "image": JPEG},
+                                "width": 512, "height": 512, "encoding": "jpeg", "image": JPEG,
+                                "image_key_id": None},
     "riskmask.v1.FaceDecision": FACE_DETECTED,
+    "riskmask.v1.MaskRegion": MASK,
+    "riskmask.v1.SealedFaces": {"faces": [FACE_DETECTED, FACE_SUSPECT]},
     "riskmask.v1.RedactedFrame": {
         "camera_id": "gate-3", "epoch": T0, "seq": 41, "capture_ts_us": T0 + 1_640_000,
         "processed_ts_us": T0 + 1_702_113, "width": 512, "height": 512, "encoding": "jpeg", "image": JPEG,
         "raw_sha256": RAW_SHA, "redacted_sha256": RED_SHA, "policy_id": "paper-v1", "detector_id": "yunet-2023mar",
         "recognizer_id": "sface-2021dec", "watchlist_height": 12, "degraded": True,
-        "degraded_reason": "risk lookup stale", "faces": [FACE_DETECTED, FACE_SUSPECT],
+        "degraded_reason": "risk lookup stale", "masks": [MASK],
         "source_topic": "frames.raw", "source_partition": 2, "source_offset": 90_210},
     "riskmask.v1.AuditRecord": AUDIT_RECORD,
     "riskmask.v1.AuditBlock": {
@@ -301,3 +309,36 @@ def test_earlier_schema_versions_in_history_stay_readable() -> None:
     assert decoded == {**old, "evidence": []}
     with pytest.raises(serde.SchemaError, match="foreign_schema"):  # a fingerprint of no version at all
         serde.decode("LedgerBlock", serde.MAGIC + b"\x01" * 8 + buf.getvalue())
+
+
+@pytest.mark.parametrize("name, file", [("RedactedFrame", "redacted_frame.v1.avsc"),
+                                        ("AuditRecord", "audit_record.v1.avsc"),
+                                        ("AuditBlock", "audit_block.v1.avsc"),
+                                        ("CameraFrame", "camera_frame.v1.avsc")])
+def test_v1_frames_and_audit_records_read_after_decisions_left_the_outputs(name: str, file: str) -> None:
+    """Topics written before v2 (per-face decisions in clear) stay readable: in the current shape, and the
+    decisions they carried are dropped on reading rather than passed on."""
+    import fastavro
+
+    v1 = fastavro.parse_schema(json.loads((serde.HISTORY_DIR / file).read_text()))
+    full = f"riskmask.v1.{name}"
+    current = SAMPLES[full]
+    old = {k: v for k, v in current.items() if k not in ("masks", "auditor_key_id", "sealed_faces",
+                                                         "image_key_id")}
+    if name in ("RedactedFrame", "AuditRecord"):
+        old["faces"] = [FACE_DETECTED, FACE_SUSPECT]
+    if name == "AuditBlock":
+        old["records"] = [AUDIT_RECORD_V1, AUDIT_RECORD_V1]
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, v1, old)
+    fp = serde._fingerprint_of(v1)
+    assert fp != serde.fingerprint(name)
+    decoded = serde.decode(name, serde.MAGIC + fp + buf.getvalue())
+    assert "faces" not in decoded and "suspect" not in json.dumps(decoded, default=str)
+    if name == "AuditBlock":
+        assert [r["masks"] for r in decoded["records"]] == [[], []]
+        assert all(r["sealed_faces"] is None for r in decoded["records"])
+    elif name == "CameraFrame":
+        assert decoded == dict(current, image_key_id=None)
+    else:
+        assert decoded["masks"] == [] and decoded["raw_sha256"] == RAW_SHA

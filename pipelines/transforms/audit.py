@@ -7,6 +7,10 @@ arriving record's capture time is ``max_window_us`` past the first pending one: 
 elements, no timers (REAL_TIME timers push the local runner onto a runner without bundle finalizers).
 Consequence: the last partial block of a camera that stops sending is cut only when it sends again.
 
+Each record's per-face decisions (``OutboundMessage.decisions`` from Encode, never written to frames.redacted)
+are sealed to the auditor's X25519 public key (``auditor_public_key``; from pipeline options: the
+``auditor.x25519.pub`` file of ``--keys_dir``). Without that key the records carry no per-face decisions.
+
 An optional ``anchorer`` (e.g. :class:`LedgerAnchorer`) submits each block's Merkle root to the ledger as an
 anchor transaction; its hash goes into ``anchor_tx_hash``. A failed anchor leaves it null and is counted:
 the block is still written, and the auditor reports it as not anchored. Output: OutboundMessage with key =
@@ -119,12 +123,14 @@ class _RecordFn(beam.DoFn):
     """Encode output -> (camera_id, AuditRecord); an unreadable element is counted and skipped (it was
     produced by this pipeline's own Encode stage, so this is a bug, not bad input)."""
 
-    def __init__(self) -> None:
+    def __init__(self, auditor_public_key: Optional[bytes] = None) -> None:
         self._bad = Metrics.counter(STAGE, "unreadable")
+        self._auditor_public_key = auditor_public_key
 
     def process(self, element: Any) -> Iterator[tuple[str, AuditRecord]]:
         try:
-            record = record_from_redacted(to_redacted(element))
+            decisions = element.decisions if isinstance(element, OutboundMessage) else ()
+            record = record_from_redacted(to_redacted(element), decisions, self._auditor_public_key)
         except (SchemaError, TypeError) as exc:
             logger.error("audit: cannot read an encoded frame: %s", exc)
             self._bad.inc()
@@ -136,13 +142,18 @@ class Audit(beam.PTransform):
     """Encode output -> OutboundMessage of AuditBlock records for audit.blocks."""
 
     def __init__(self, rule: FlushRule = FlushRule(),
-                 anchorer: Optional[Callable[[AuditBlock], bytes]] = None) -> None:
+                 anchorer: Optional[Callable[[AuditBlock], bytes]] = None,
+                 auditor_public_key: Optional[bytes] = None) -> None:
         super().__init__()
         self._rule = rule
         self._anchorer = anchorer
+        self._auditor_public_key = auditor_public_key
+        if auditor_public_key is None:
+            logger.warning("no auditor key: audit records will carry no per-face decisions "
+                           "(create one with `riskmask keys auditor`)")
 
     def expand(self, encoded: beam.PCollection) -> beam.PCollection:
-        records = (encoded | "AuditRecord" >> beam.ParDo(_RecordFn())
+        records = (encoded | "AuditRecord" >> beam.ParDo(_RecordFn(self._auditor_public_key))
                    .with_output_types(beam.typehints.Tuple[str, AuditRecord]))
         return records | "ChainBlocks" >> beam.ParDo(_AuditChainFn(self._rule, self._anchorer))
 
@@ -162,4 +173,26 @@ def audit_from_options(opts: Any) -> "Audit":
         if not ledger_dir:
             raise ValueError("anchoring audit blocks needs --ledger_dir")
         anchorer = LedgerAnchorer(str(ledger_dir))
-    return Audit(rule, anchorer)
+    return Audit(rule, anchorer, auditor_key_from_options(opts))
+
+
+def auditor_key_from_options(opts: Any) -> Optional[bytes]:
+    """The auditor public key: ``auditor_public_key`` (a .pub file) if set, else ``auditor.x25519.pub`` in
+    ``keys_dir`` (or the default keys directory) when present; None when there is none. A key file that
+    exists but cannot be read is an error (never silently run without sealing what should be sealed)."""
+    from pathlib import Path
+
+    from ledger.keys import AUDITOR_PUB_FILE, KeyringError, default_keys_dir, load_auditor_public_key
+
+    explicit = getattr(opts, "auditor_public_key", None)
+    if explicit:
+        path = Path(str(explicit))
+    else:
+        keys_dir = getattr(opts, "keys_dir", None)
+        path = Path(str(keys_dir) if keys_dir else default_keys_dir()) / AUDITOR_PUB_FILE
+        if not path.is_file():
+            return None
+    try:
+        return load_auditor_public_key(path)
+    except KeyringError as exc:
+        raise ValueError(str(exc)) from None

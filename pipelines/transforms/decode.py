@@ -2,9 +2,15 @@
 
 Everything that cannot be decoded safely goes to the ``dlq`` output with a machine-readable reason:
 ``oversized`` (record above ``max_frame_bytes``), ``not_avro``, ``foreign_schema``, ``corrupt`` (Avro),
-``unsupported_encoding``, ``too_many_pixels`` (declared or embedded dimensions above ``max_pixels``, checked
+``unknown_frame_key`` / ``undecryptable_frame`` (an encrypted image, see below, whose camera key this
+pipeline lacks or that does not authenticate), ``unsupported_encoding``, ``too_many_pixels`` (declared or embedded dimensions above ``max_pixels``, checked
 from the image header before any pixel is decoded), ``corrupt_image`` and ``dimension_mismatch``.
 A DeadLetter never carries pixels: only the SHA-256 and size of the record.
+
+Encrypted frames: when a CameraFrame carries ``image_key_id``, its image is AES-256-GCM under that camera's
+key (``ledger.privacy.encrypt_frame``; the associated data binds every other field of the frame). The keys
+come from the frame key file of the keys directory (``ledger.keys.load_frame_keys``), reloaded when a frame
+names a key not seen yet (a camera added while the pipeline runs), at most every few seconds.
 """
 
 from __future__ import annotations
@@ -72,7 +78,53 @@ def image_size(data: bytes) -> Optional[tuple[int, int]]:
     return None
 
 
-def decode_frame(rec: KafkaRecord, max_frame_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> FrameContext:
+class FrameKeySource:
+    """Per-camera frame keys by key id, read lazily from a keys directory (None: the default one) and reloaded
+    for an unknown key id at most every ``reload_s`` seconds. Picklable: keys are read inside the worker."""
+
+    def __init__(self, keys_dir: Optional[str] = None, reload_s: float = 2.0) -> None:
+        self.keys_dir = keys_dir
+        self.reload_s = reload_s
+        self._keys: Optional[dict[bytes, bytes]] = None
+        self._loaded_at = 0.0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_keys": None, "_loaded_at": 0.0}
+
+    def get(self, kid: bytes) -> Optional[bytes]:
+        if self._keys is None or (kid not in self._keys and time.monotonic() - self._loaded_at >= self.reload_s):
+            from pathlib import Path
+
+            from ledger.keys import KeyringError, load_frame_keys
+
+            self._loaded_at = time.monotonic()
+            try:
+                self._keys = dict(load_frame_keys(Path(self.keys_dir) if self.keys_dir else None).keys)
+            except KeyringError as exc:
+                logger.warning("cannot read the frame keys: %s", exc)
+                self._keys = self._keys or {}
+        return self._keys.get(bytes(kid))
+
+
+def decrypt_image(frame: CameraFrame, keys: Optional[FrameKeySource]) -> bytes:
+    """The encoded image of a frame (decrypted when it names a frame key); DecodeError when it cannot be."""
+    if frame.image_key_id is None:
+        return frame.image
+    from ledger.privacy import DecryptionError, decrypt_frame, frame_aad
+
+    key = keys.get(frame.image_key_id) if keys is not None else None
+    if key is None:
+        raise DecodeError("unknown_frame_key", frame.image_key_id.hex()[:32])
+    try:
+        return decrypt_frame(key, frame.image, frame_aad(frame.camera_id, frame.epoch, frame.seq,
+                                                         frame.capture_ts_us, frame.width, frame.height,
+                                                         frame.encoding))
+    except DecryptionError:
+        raise DecodeError("undecryptable_frame", f"key {frame.image_key_id.hex()}") from None
+
+
+def decode_frame(rec: KafkaRecord, max_frame_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 keys: Optional[FrameKeySource] = None) -> FrameContext:
     """The FrameContext of one record; DecodeError (with its DLQ reason) for anything unsafe or broken."""
     value = rec.value
     if len(value) > max_frame_bytes:
@@ -88,19 +140,23 @@ def decode_frame(rec: KafkaRecord, max_frame_bytes: int, max_pixels: int = DEFAU
         raise _with(DecodeError("unsupported_encoding", repr(frame.encoding)[:40]), ids)
     if frame.width <= 0 or frame.height <= 0 or frame.width * frame.height > max_pixels:
         raise _with(DecodeError("too_many_pixels", f"declared {frame.width}x{frame.height}"), ids)
-    size = image_size(frame.image)
+    try:
+        data = decrypt_image(frame, keys)
+    except DecodeError as exc:
+        raise _with(exc, ids) from None
+    size = image_size(data)
     if size is None:
         raise _with(DecodeError("corrupt_image", "no image header"), ids)
     if size[0] * size[1] > max_pixels:
         raise _with(DecodeError("too_many_pixels", f"image header {size[0]}x{size[1]}"), ids)
-    image = cv2.imdecode(np.frombuffer(frame.image, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.ndim != 3 or image.shape[2] != 3:
         raise _with(DecodeError("corrupt_image", f"{frame.encoding} did not decode"), ids)
     if (image.shape[1], image.shape[0]) != (frame.width, frame.height):
         raise _with(DecodeError("dimension_mismatch", f"declared {frame.width}x{frame.height}, "
                                 f"image {image.shape[1]}x{image.shape[0]}"), ids)
     return FrameContext(source_topic=rec.topic, source_partition=rec.partition, source_offset=rec.offset,
-                        raw_sha256=hashlib.sha256(frame.image).digest(), raw_size=len(frame.image), image=image,
+                        raw_sha256=hashlib.sha256(data).digest(), raw_size=len(data), image=image,
                         width=frame.width, height=frame.height, capture_ts_us=frame.capture_ts_us, **ids)
 
 
@@ -110,15 +166,16 @@ def _with(exc: DecodeError, ids: dict) -> DecodeError:
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self, max_frame_bytes: int, max_pixels: int) -> None:
+    def __init__(self, max_frame_bytes: int, max_pixels: int, keys: FrameKeySource) -> None:
         self._max_frame_bytes = max_frame_bytes
         self._max_pixels = max_pixels
+        self._keys = keys
         self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def process(self, rec: KafkaRecord) -> Iterator[object]:
         try:
             start = time.perf_counter()
-            frame = decode_frame(rec, self._max_frame_bytes, self._max_pixels)
+            frame = decode_frame(rec, self._max_frame_bytes, self._max_pixels, self._keys)
             self._latency.update(int((time.perf_counter() - start) * 1e6))
             yield frame
         except DecodeError as exc:
@@ -133,11 +190,14 @@ class _DecodeFn(beam.DoFn):
 
 
 class Decode(beam.PTransform):
-    """KafkaRecord -> FrameContext (main output) | DeadLetter (``dlq`` output)."""
+    """KafkaRecord -> FrameContext (main output) | DeadLetter (``dlq`` output).
 
-    def __init__(self, max_frame_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    ``keys_dir``: where the per-camera frame keys are (default: ``$RISKMASK_KEYS_DIR`` or the local stack's)."""
+
+    def __init__(self, max_frame_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 keys_dir: Optional[str] = None) -> None:
         super().__init__()
-        self._fn = _DecodeFn(max_frame_bytes, max_pixels)
+        self._fn = _DecodeFn(max_frame_bytes, max_pixels, FrameKeySource(keys_dir))
 
     def expand(self, pcoll: beam.PCollection) -> pvalue.DoOutputsTuple:
         return pcoll | "Decode" >> beam.ParDo(self._fn).with_outputs(DLQ_TAG, main="frames")

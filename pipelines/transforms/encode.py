@@ -1,7 +1,11 @@
 """Encode stage: masked FrameContext -> RedactedFrame (JPEG) -> Kafka record for frames.redacted.
 
 The record carries the SHA-256 of the raw input image and of the redacted output, the policy and detector
-ids and the source coordinates, so an auditor can tie every output to its input. Its Kafka key is the camera
+ids and the source coordinates, so an auditor can tie every output to its input. Per face it carries only
+what a viewer needs to draw: the masked region and the masking method (:func:`mask_regions`); a disclosed
+face is not listed, and no identity class, risk group, suspect flag or track id leaves on frames.redacted.
+The full per-face decisions ride along in memory (``OutboundMessage.decisions``) to the Audit stage, which
+seals them for the auditor. Its Kafka key is the camera
 id and its headers hold the dedupe key (camera_id/epoch/seq) and the source topic/partition/offset.
 If JPEG encoding fails the frame goes to the DLQ (never out unmasked, never silently dropped).
 """
@@ -21,7 +25,7 @@ from apache_beam.metrics import Metrics
 from pipelines.frame import DEDUPE_HEADER, SOURCE_HEADER, FrameContext, OutboundMessage
 from pipelines.progress import DEFAULT_INTERVAL_S, ProgressWindow
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
-from schemas.messages import RedactedFrame
+from schemas.messages import FaceDecision, MaskRegion, RedactedFrame
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +35,24 @@ DEFAULT_JPEG_QUALITY = 90
 
 class EncodeError(RuntimeError):
     """The masked image could not be encoded."""
+
+
+def mask_regions(faces: tuple[FaceDecision, ...], width: int, height: int) -> tuple[MaskRegion, ...]:
+    """The regions actually masked (face box scaled by its mask_scale, clipped), for a viewer to draw.
+
+    Disclosed faces (mode ``none``) are left out; nothing about who, how risky or which track is kept."""
+    from pipelines.masking import mask_region
+
+    out = []
+    for f in faces:
+        if f.mode == "none":
+            continue
+        region = mask_region((f.x, f.y, f.w, f.h), f.mask_scale, width, height)
+        if region is None:
+            continue
+        x0, y0, x1, y1 = region
+        out.append(MaskRegion(x=x0, y=y0, w=x1 - x0, h=y1 - y0, mode=f.mode, shape=f.shape))
+    return tuple(out)
 
 
 def encode_frame(frame: FrameContext, quality: int = DEFAULT_JPEG_QUALITY) -> RedactedFrame:
@@ -43,18 +65,20 @@ def encode_frame(frame: FrameContext, quality: int = DEFAULT_JPEG_QUALITY) -> Re
         camera_id=frame.camera_id, epoch=frame.epoch, seq=frame.seq, capture_ts_us=frame.capture_ts_us,
         processed_ts_us=time.time_ns() // 1000, width=frame.width, height=frame.height, image=data,
         raw_sha256=frame.raw_sha256, redacted_sha256=hashlib.sha256(data).digest(), policy_id=frame.policy_id,
-        detector_id=frame.detector_id, faces=frame.faces, encoding="jpeg", recognizer_id=frame.recognizer_id,
+        detector_id=frame.detector_id, masks=mask_regions(frame.faces, frame.width, frame.height), encoding="jpeg", recognizer_id=frame.recognizer_id,
         watchlist_height=frame.watchlist_height, degraded=frame.degraded,
         degraded_reason=frame.degraded_reason, source_topic=frame.source_topic,
         source_partition=frame.source_partition, source_offset=frame.source_offset)
 
 
-def redacted_message(rf: RedactedFrame) -> OutboundMessage:
-    """Kafka record of a RedactedFrame: key = camera id; dedupe and source headers."""
+def redacted_message(rf: RedactedFrame, decisions: tuple[FaceDecision, ...] = ()) -> OutboundMessage:
+    """Kafka record of a RedactedFrame: key = camera id; dedupe and source headers. ``decisions`` (the
+    frame's per-face decisions) stay in memory for the Audit stage; the sink never writes them."""
     return OutboundMessage(
         key=rf.camera_id.encode(), value=rf.to_bytes(),
         headers=((DEDUPE_HEADER, f"{rf.camera_id}/{rf.epoch}/{rf.seq}".encode()),
-                 (SOURCE_HEADER, f"{rf.source_topic}/{rf.source_partition}/{rf.source_offset}".encode())))
+                 (SOURCE_HEADER, f"{rf.source_topic}/{rf.source_partition}/{rf.source_offset}".encode())),
+        decisions=tuple(decisions))
 
 
 class _EncodeFn(beam.DoFn):
@@ -69,7 +93,7 @@ class _EncodeFn(beam.DoFn):
     def process(self, frame: FrameContext) -> Iterator[object]:
         try:
             start = time.perf_counter()
-            msg = redacted_message(encode_frame(frame, self._quality))
+            msg = redacted_message(encode_frame(frame, self._quality), frame.faces)
             self._latency.update(int((time.perf_counter() - start) * 1e6))
             self._progress.add(frame.camera_id, len(frame.faces), frame.degraded,
                                (time.time_ns() // 1000 - frame.capture_ts_us) / 1000)
