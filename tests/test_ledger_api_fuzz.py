@@ -13,6 +13,7 @@ from importlib import resources
 
 import pytest
 import requests
+import yaml
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,6 +77,7 @@ def test_openapi_fuzz_no_5xx(cluster, sessions):
     base = f"http://{cluster.api_address(0)}"
     strategy = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
     counts = {"calls": 0}
+    seen: set[str] = set()
 
     @settings(max_examples=400, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
@@ -83,10 +85,14 @@ def test_openapi_fuzz_no_5xx(cluster, sessions):
     def run(case, role):
         resp = case.call(base_url=base, session=sessions[role], timeout=30)
         counts["calls"] += 1
+        seen.add(case.operation.path)
         _check(resp)
 
     run()
     assert counts["calls"] >= 100
+    spec_paths = set(yaml.safe_load(open(SPEC))["paths"])
+    assert {p for p in spec_paths if p.startswith("/v1/registry/")} <= seen, sorted(spec_paths - seen)
+    assert len(seen) >= len(spec_paths) - 1, sorted(spec_paths - seen)
     with cluster.client(0, "auditor") as c:
         assert c.status()["height"] >= 1
 
@@ -121,6 +127,27 @@ def test_raw_http_bytes_never_5xx(cluster, data):
     for line in [ln for ln in reply.split(b"\r\n") if ln.startswith(b"HTTP/1.1 ")]:
         code = int(line.split(b" ")[1])
         assert code < 500, reply[:300]
+
+
+def test_spec_lists_every_endpoint(tmp_path):
+    """Every route a node serves (registry ones included) is in ledger/openapi.yaml."""
+    from ledger.config import NodeConfig
+    from ledger.node import LedgerNode
+    from tests.ledger_util import make_cluster as mk
+
+    c = mk(tmp_path / "spec", n=1)
+    node = LedgerNode(NodeConfig.load(c.config_path(0)))
+    try:
+        served = {r.template.replace(":hex", "").replace(":int", "").replace(":str", "")
+                  for r in node.api.router.routes}
+    finally:
+        node.store.close()
+    spec = yaml.safe_load(open(SPEC))["paths"]
+    assert any(p.startswith("/v1/registry/") for p in served), served
+    assert served <= set(spec), sorted(served - set(spec))
+    for r in node.api.router.routes:
+        path = r.template.replace(":hex", "").replace(":int", "").replace(":str", "")
+        assert r.method.lower() in spec[path], (r.method, path)
 
 
 def test_node_still_serving_after_fuzz(cluster):
