@@ -17,6 +17,7 @@ Ports are picked free at init time (bind to port 0) and kept in genesis, so rest
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -219,7 +220,19 @@ class Cluster:
         return KeyFile.load(self.dir / "keys" / f"{name}.key").seed
 
     def client(self, i: int, role: str = "auditor", timeout_s: float = 5.0) -> LedgerClient:
-        return LedgerClient.for_validator(self.genesis.validators[i], self.key_seed(role), timeout_s)
+        """A client of node ``i`` signing for that node (id from genesis); HTTPS when the node serves TLS,
+        trusting the node's own certificate (a local cluster's certificates are self-signed)."""
+        v = self.genesis.validators[i]
+        try:
+            cert = json.loads(self.config_path(i).read_text()).get("api_tls_cert") or ""
+        except (OSError, ValueError):
+            cert = ""
+        if not cert:
+            return LedgerClient.for_validator(v, self.key_seed(role), timeout_s)
+        if not Path(cert).is_absolute():
+            cert = str(self.dir / cert)
+        return LedgerClient(f"https://{v.api_address}", self.key_seed(role), timeout_s,
+                            node_id=v.public_key.hex(), ca_file=cert)
 
     # -- processes -----------------------------------------------------------------------------------------
     def pid(self, i: int) -> Optional[int]:
