@@ -16,7 +16,7 @@ from typing import Sequence
 from riskmask import __version__
 from riskmask.errors import ServiceError, UserError
 
-COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.cli")
+COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.cli", "infra.console.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
