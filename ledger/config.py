@@ -282,6 +282,9 @@ class NodeConfig:
     api_max_body: int = 8 * 1024 * 1024
     api_clock_skew: float = 60.0
     api_max_batch: int = 5000
+    # Optional HTTPS for the API: PEM certificate (chain) and private key; both or neither.
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
     # Test hook: a Byzantine validator equivocates, forges signatures and proposes wrong-parent blocks.
     byzantine: bool = False
     log_level: str = "INFO"
@@ -342,6 +345,14 @@ class NodeConfig:
             if data["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 raise _fail(where, "log_level must be DEBUG, INFO, WARNING or ERROR")
             kw["log_level"] = data["log_level"]
+        for k in ("api_tls_cert", "api_tls_key"):
+            if data.get(k):
+                if not isinstance(data[k], str):
+                    raise _fail(where, f"{k} must be a path string")
+                p = Path(data[k])
+                kw[k] = str(p if p.is_absolute() else base / p)
+        if bool(kw.get("api_tls_cert")) != bool(kw.get("api_tls_key")):
+            raise _fail(where, "api_tls_cert and api_tls_key must be given together")
         cfg = cls(**kw)
         if cfg.max_tx_bytes > cfg.max_block_bytes:
             raise _fail(where, "max_tx_bytes must not exceed max_block_bytes")
