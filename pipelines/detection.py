@@ -1,5 +1,6 @@
 """Face detection pre/post-processing in pure numpy (no model runtime): YuNet and CenterFace decoders,
-non-maximum suppression, and tiling of large frames.
+non-maximum suppression, tiling of large frames, and the geometry of the tiny-face pass (regions to look at
+again upscaled, which of its detections to keep, how to merge them with the normal pass).
 
 Coordinates are pixels of the original image; boxes are (x, y, w, h) with (x, y) the top-left corner.
 Landmarks are 5 points (x, y) in the order right eye, left eye, nose tip, right mouth corner, left mouth corner
@@ -199,3 +200,46 @@ def merge(dets: Iterable[Detection], width: int, height: int, iou_threshold: flo
     """Clip to the frame, drop empty boxes, suppress duplicates (e.g. from overlapping tiles)."""
     clipped = [d.clipped(width, height) for d in dets]
     return nms_detections([d for d in clipped if d.w >= 1 and d.h >= 1], iou_threshold)
+
+
+# Tiny-face pass: look again at an upscaled copy so 8-16 px faces reach the detector's smallest anchors.
+# Chosen by measurement (docs/tiny-faces.md): YuNet at 2x finds faces down to ~8 px at ~4-5x the cost of one
+# pass; CenterFace at 2x finds the same faces at ~10x YuNet's 2x cost.
+TINY_FACE_FACTOR = 2.0
+# Keep only what the upscaled pass finds up to this width (original pixels): larger faces are the normal
+# pass's job (it finds them all on the development set), and a region needs this margin to hold a tiny face.
+TINY_FACE_MAX_WIDTH = 48.0
+
+Region = tuple[int, int, int, int]  # x, y, w, h in image pixels
+
+
+def tiny_pass_regions(regions: Sequence[Region] | None, width: int, height: int,
+                      margin: float = TINY_FACE_MAX_WIDTH) -> list[Region]:
+    """Where the tiny-face pass looks: the whole image (``regions`` None), else each region grown by ``margin``
+    on every side (a tiny face that straddles a region edge is then whole inside it), clipped to the image;
+    empty regions are dropped and duplicates removed, order kept."""
+    if regions is None:
+        return [(0, 0, int(width), int(height))] if width > 0 and height > 0 else []
+    out: list[Region] = []
+    m = max(0.0, float(margin))
+    for x, y, w, h in regions:
+        x0, y0 = max(0, int(np.floor(x - m))), max(0, int(np.floor(y - m)))
+        x1, y1 = min(int(width), int(np.ceil(x + w + m))), min(int(height), int(np.ceil(y + h + m)))
+        if x1 > x0 and y1 > y0 and (x0, y0, x1 - x0, y1 - y0) not in out:
+            out.append((x0, y0, x1 - x0, y1 - y0))
+    return out
+
+
+def from_upscaled(dets: Iterable[Detection], region: Region, factor: float,
+                  max_width: float = TINY_FACE_MAX_WIDTH) -> list[Detection]:
+    """Detections made on ``region`` upscaled by ``factor``, back in image pixels; only faces up to
+    ``max_width`` image pixels wide are kept (the normal pass owns larger ones)."""
+    x, y = region[0], region[1]
+    back = [d.shifted(float(x), float(y), 1.0 / float(factor)) for d in dets]
+    return [d for d in back if d.w <= max_width]
+
+
+def merge_passes(normal: Sequence[Detection], tiny: Sequence[Detection], width: int, height: int,
+                 iou_threshold: float = 0.3) -> list[Detection]:
+    """One list from the normal and the tiny-face pass: a face both found is kept once (best score)."""
+    return merge(list(normal) + list(tiny), width, height, iou_threshold)

@@ -125,3 +125,30 @@ def test_touches_inner_edge() -> None:
     assert not dp.touches_inner_edge(at_top, tile, 400, 200)
     assert dp.touches_inner_edge(at_right, tile, 400, 200)
     assert not dp.touches_inner_edge(at_right, (200, 0, 200, 200), 400, 200)  # frame's right edge
+
+
+def test_tiny_pass_regions_grow_clip_and_dedupe() -> None:
+    assert dp.tiny_pass_regions(None, 640, 360) == [(0, 0, 640, 360)]
+    assert dp.tiny_pass_regions(None, 0, 360) == []
+    got = dp.tiny_pass_regions([(100, 100, 50, 40), (100, 100, 50, 40), (600, 340, 100, 100), (900, 900, 5, 5)],
+                               640, 360, margin=20)
+    assert got == [(80, 80, 90, 80), (580, 320, 60, 40)]  # grown by 20, clipped, duplicate and outside dropped
+    assert dp.tiny_pass_regions([], 640, 360) == []
+
+
+def test_from_upscaled_maps_back_and_keeps_only_small_faces() -> None:
+    small = dp.Detection(40, 20, 24, 30, 0.8, _lm() + 30)  # 12 px wide once mapped back from 2x
+    large = dp.Detection(100, 100, 120, 140, 0.9, _lm())  # 60 px: the normal pass's job
+    back = dp.from_upscaled([small, large], (10, 5, 200, 200), 2.0, max_width=48)
+    assert len(back) == 1
+    b = back[0]
+    assert (b.x, b.y, b.w, b.h) == (30, 15, 12, 15)
+    assert b.landmarks[0] == pytest.approx([25, 20])
+
+
+def test_merge_passes_keeps_one_copy_of_a_face_seen_twice() -> None:
+    normal = [dp.Detection(10, 10, 20, 20, 0.7, _lm())]
+    tiny = [dp.Detection(11, 10, 19, 21, 0.9, _lm()), dp.Detection(200, 50, 10, 12, 0.65, _lm())]
+    merged = dp.merge_passes(normal, tiny, 400, 200)
+    assert [m.score for m in merged] == [0.9, 0.65]
+    assert dp.merge_passes([], [], 400, 200) == []

@@ -1,0 +1,95 @@
+"""The default detection finds faces down to ~10 px (real faces, real models, ground truth from infra.scenes).
+
+YuNet alone misses most faces under 12 px; the default (YuNet plus its 2x tiny-face pass) finds them and
+``riskmask redact``'s masking then leaves none of them matchable by SFace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infra import sample_data, scenes
+from pipelines.masking import apply_mask
+from pipelines.models.detector import TinyFaceDetector, load_detector
+from pipelines.models.fetch import ModelError
+from pipelines.policy import Policy
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return iw * ih / (aw * ah + bw * bh - iw * ih)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A 1280x720 frame with 12 real faces of 9-13 px on a real background (seeded, exact boxes)."""
+    sources = sample_data.face_sources()
+    placements = scenes.random_placements(sources, 12, min_width=9, max_width=13, seed=3)
+    return scenes.compose_frame(sources, placements, sample_data.background("coffee"))
+
+
+def _found(dets, boxes) -> int:
+    return sum(any(_iou(d.box, b) >= 0.3 for d in dets) for b in boxes)
+
+
+def test_default_detection_finds_10px_faces_that_yunet_alone_misses(scene) -> None:
+    frame, boxes = scene
+    plain = load_detector("yunet", tiny_factor=0)
+    default = load_detector("yunet")
+    assert isinstance(default, TinyFaceDetector) and default.model_id == "yunet-2023mar+tiny2x"
+    alone = _found(plain.detect(frame), boxes)
+    dets = default.detect(frame)
+    found = _found(dets, boxes)
+    assert found >= 11, f"default found {found}/12 faces of 9-13 px"
+    assert alone <= 6, f"YuNet alone found {alone}/12 (the pass would not be needed)"
+    assert len(dets) <= 13  # no pile of false positives
+
+
+def test_tiny_pass_on_regions_only_looks_there(scene) -> None:
+    frame, boxes = scene
+    default = load_detector("yunet")
+    x, y, w, h = boxes[0]
+    near = default.detect_regions(frame, [(x - 4, y - 4, w + 8, h + 8)])
+    assert any(_iou(d.box, boxes[0]) >= 0.3 for d in near)
+    far = [b for b in boxes if abs(b[0] - x) > 200 or abs(b[1] - y) > 200]
+    assert _found(near, far) <= 2  # faces outside the region are left to the normal pass (which misses most)
+
+
+def test_masked_tiny_faces_do_not_match(scene) -> None:
+    from pipelines.detection import Detection
+    from pipelines.models.recognizer import MATCH_THRESHOLD, load_recognizer
+
+    frame, boxes = scene
+    rec = load_recognizer()
+    det = load_detector("yunet")
+    big = load_detector("yunet", tiny_factor=0)
+    policy = Policy.load("default")
+    work = frame.copy()
+    for d in det.detect(frame):
+        apply_mask(work, d.box, policy.decide(d.w, d.h, None, None))
+    # Landmarks of the true faces: the photo's own at full size, moved with the face (the attacker's best case).
+    sources = sample_data.face_sources()
+    placements = scenes.random_placements(sources, 12, min_width=9, max_width=13, seed=3)
+    leaks = 0
+    for p, box in zip(placements, boxes):
+        src = sources[p.source]
+        lm = max(big.detect(src.image), key=lambda d: _iou(d.box, src.face_box)).landmarks
+        sx, sy = box[2] / src.face_box[2], box[3] / src.face_box[3]
+        pts = ((lm - np.array(src.face_box[:2])) * [sx, sy] + box[:2]).astype(np.float32)
+        face = Detection(*map(float, box), 1.0, pts)
+        clean, masked = rec.embed(frame, [face])[0], rec.embed(work, [face])[0]
+        leaks += float(np.dot(clean, masked)) >= MATCH_THRESHOLD
+    assert leaks <= 1, f"{leaks}/12 tiny faces still match after redaction"
+
+
+def test_tiny_factor_is_checked() -> None:
+    with pytest.raises(ModelError, match="tiny-face upscale factor"):
+        load_detector("yunet", tiny_factor=0.5)
+    with pytest.raises(ModelError, match="tiny-face upscale factor"):
+        load_detector("yunet", tiny_factor=9)
+    assert load_detector("centerface").model_id == "centerface"  # CenterFace: no pass unless asked
+    assert load_detector("centerface", tiny_factor=2).model_id == "centerface+tiny2x"
