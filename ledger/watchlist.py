@@ -6,11 +6,25 @@ The pipeline holds the key-encryption keys (never the pseudonymisation key: it n
 ``(pseudonym, templates, risk, suspect)`` per live subject in memory. Erased subjects disappear on the next
 sync. A record that cannot be opened (its key not yet on that node, or a failed authentication) is left out
 and retried on the next sync: an unknown face is masked at full strength, so failing closed is safe.
+
+Freshness comes from the chain, not from the clock. Each sync first asks nodes for their certified tip
+(``GET /v1/tip``: the latest header and its commit certificate) until ``f + 1`` distinct nodes answered with a
+certificate that verifies against the genesis validator keys (2f+1 valid precommits): a node cannot forge a
+higher height, and the highest of ``f + 1`` tips is at least the tip of one honest node. The watchlist is
+then read from a node whose served height reaches that certified height (and every certified height seen
+before); a node that serves an older height is lagging or lying, is recorded in ``stale_nodes`` and asked
+last from then on. When no reachable node serves the certified height, :class:`WatchlistStale` is raised: the
+pipeline then treats its watchlist as stale at once (the strongest mask for every face), rather than trusting
+an old copy until a clock runs out. Queries are spread over the nodes (a rotating first node).
+
+A node can still lie about the content at the height it claims (the registry state has no root in the
+header): the freshness check bounds how old a served watchlist can be, not whether a node omits records.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import threading
 import time
@@ -46,6 +60,20 @@ class Match:
     similarity: float
 
 
+class WatchlistStale(Exception):
+    """No reachable node serves the watchlist at the certified tip (or only nodes behind a certified height
+    already seen answer): the watchlist can no longer be shown current and must be treated as stale."""
+
+    def __init__(self, reason: str, certified: int, served: Mapping[str, int]) -> None:
+        super().__init__(reason)
+        self.certified = certified
+        self.served = dict(served)
+
+
+class TipUnavailable(Exception):
+    """Fewer than the required number of nodes answered with a certified tip (and none of them lagged)."""
+
+
 class Watchlist:
     """Decrypted subjects by pseudonym; thread-safe reads while a sync applies changes."""
 
@@ -54,6 +82,9 @@ class Watchlist:
         self.chain_id = chain_id
         self._entries: dict[bytes, WatchEntry] = {}
         self._unresolved: dict[bytes, int] = {}  # pseudonym -> version we could not open yet
+        # pseudonym -> highest version applied, erased or wanted: an older record (a lagging or lying node)
+        # never brings back an erased subject or an earlier risk
+        self._versions: dict[bytes, int] = {}
         self._lock = threading.Lock()
         self.height = 0
         self._matrix: Optional[np.ndarray] = None
@@ -76,14 +107,19 @@ class Watchlist:
     def apply_record(self, rec: Mapping[str, Any]) -> bool:
         """Apply one record of the watchlist endpoint; returns whether the entry is now resolved."""
         p = bytes.fromhex(rec["pseudonym"])
+        version = int(rec["version"])
+        known = self._versions.get(p, 0)
+        if version < known:  # older than what this watchlist already knows: ignored
+            return p not in self._unresolved
         if rec["status"] != "live":
             with self._lock:
                 self._entries.pop(p, None)
                 self._unresolved.pop(p, None)
+                self._versions[p] = version
                 self._matrix = None
             return True
         current = self._entries.get(p)
-        if current is not None and current.version >= rec["version"]:
+        if current is not None and current.version >= version:
             return True
         try:
             entry = self._open(p, rec)
@@ -95,12 +131,14 @@ class Watchlist:
                 # an older version stays usable only if this one merely lacks its key on that node
                 if not isinstance(exc, privacy.KeyErased):
                     self._entries.pop(p, None)
-                self._unresolved[p] = int(rec["version"])
+                self._unresolved[p] = version
+                self._versions[p] = version
                 self._matrix = None
             return False
         with self._lock:
             self._entries[p] = entry
             self._unresolved.pop(p, None)
+            self._versions[p] = version
             self._matrix = None
         return True
 
@@ -141,33 +179,108 @@ class Watchlist:
         return Match(owners[i], float(sims[i])) if sims[i] >= threshold else None
 
 
-class WatchlistSync:
-    """Keeps a :class:`Watchlist` current from the ledger (any reachable node, failing over)."""
+def verify_tip(doc: Mapping[str, Any], chain_id: str, public_keys: Sequence[bytes]) -> int:
+    """The height of a ``GET /v1/tip`` answer whose commit certificate verifies (raises ValueError if not)."""
+    from ledger.errors import LedgerError
+    from ledger.types import BlockHeader, CommitCertificate, verify_commit
 
-    def __init__(self, clients: Sequence[Any], watchlist: Watchlist) -> None:
+    try:
+        header = BlockHeader.decode(base64.b64decode(doc["header"], validate=True))
+        cert = CommitCertificate.decode(base64.b64decode(doc["cert"], validate=True))
+        if header.chain_id != chain_id:
+            raise ValueError(f"tip of chain {header.chain_id!r}, not {chain_id!r}")
+        verify_commit(cert, chain_id, public_keys, header.hash(), header.height)
+    except (LedgerError, KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"tip does not verify: {type(exc).__name__}: {exc}") from None
+    return int(header.height)
+
+
+class WatchlistSync:
+    """Keeps a :class:`Watchlist` current from the ledger, at a height certified by the chain.
+
+    ``public_keys``: the genesis validator keys the tips' commit certificates are verified with;
+    ``tip_sources``: distinct nodes whose certified tip must be known before a sync counts as current
+    (default ``f + 1``); ``catch_up_s``: how long a node just behind the certified tip (a block committed but
+    not yet applied to its registry) is waited for before it counts as lagging.
+    """
+
+    def __init__(self, clients: Sequence[Any], watchlist: Watchlist, public_keys: Sequence[bytes],
+                 tip_sources: Optional[int] = None, catch_up_s: float = 1.0) -> None:
         if not clients:
             raise ValueError("at least one ledger client is needed")
+        if not public_keys:
+            raise ValueError("the genesis validator keys are needed to verify the chain tip")
         self.clients = list(clients)
         self.watchlist = watchlist
+        self.public_keys = list(public_keys)
+        faulty = (len(self.public_keys) - 1) // 3
+        self.tip_sources = min(faulty + 1, len(self.clients)) if tip_sources is None else int(tip_sources)
+        if not 1 <= self.tip_sources <= len(self.clients):
+            raise ValueError(f"tip_sources must be 1..{len(self.clients)}")
+        self.catch_up_s = catch_up_s
         self.last_sync = 0.0
+        self.seen_height = 0        # highest certified height seen from any node
+        self.confirmed_height = -1  # certified height the last successful sync reached
+        self.stale_nodes: dict[str, tuple[int, int]] = {}  # address -> (served height, certified height)
+        self._turn = 0
 
-    def _call(self, fn) -> Any:
-        from ledger.client import Unavailable
+    def _order(self) -> list[Any]:
+        """Every client once, starting at a rotating one; nodes caught lagging go last."""
+        k = self._turn % len(self.clients)
+        self._turn += 1
+        rotated = self.clients[k:] + self.clients[:k]
+        return ([c for c in rotated if c.address not in self.stale_nodes]
+                + [c for c in rotated if c.address in self.stale_nodes])
 
-        last: Optional[Exception] = None
-        for c in self.clients:
+    def _lagging(self, client: Any, served: int, certified: int) -> None:
+        if client.address not in self.stale_nodes:
+            logger.warning("ledger node %s serves height %d, behind the certified height %d: treated as stale",
+                           client.address, served, certified)
+        self.stale_nodes[client.address] = (served, certified)
+
+    def certified_tip(self, order: Sequence[Any]) -> int:
+        """The highest certified height among ``tip_sources`` distinct nodes (and every height seen before)."""
+        from ledger.client import ApiError, Unavailable
+
+        got: dict[str, int] = {}
+        behind: dict[str, int] = {}
+        for c in order:
+            if len(got) >= self.tip_sources:
+                break
             try:
-                return fn(c)
-            except Unavailable as exc:
-                last = exc
-        raise last or RuntimeError("no client")
+                doc = c.request("GET", "/v1/tip")
+                h = verify_tip(doc, self.watchlist.chain_id, self.public_keys)
+            except (Unavailable, ApiError) as exc:
+                logger.info("no tip from ledger node %s: %s", c.address, exc)
+                continue
+            except ValueError as exc:
+                logger.warning("ledger node %s served a tip that does not verify: %s", c.address, exc)
+                continue
+            got[c.address] = h
+            if h < self.seen_height:
+                behind[c.address] = h
+                self._lagging(c, h, self.seen_height)
+            self.seen_height = max(self.seen_height, h)
+        if len(got) < self.tip_sources:
+            if behind:
+                raise WatchlistStale(f"only {len(got)} node(s) answered with a certified tip, and "
+                                     f"{len(behind)} of them serve a height older than {self.seen_height}",
+                                     self.seen_height, behind)
+            raise TipUnavailable(f"{len(got)} of the {self.tip_sources} certified tips needed")
+        return self.seen_height
 
-    def sync(self) -> int:
-        """Pull every change since the last synced height; returns the number of records applied."""
+    def _pull(self, client: Any, certified: int) -> tuple[Optional[int], int]:
+        """Apply every change since the last height from ``client``: (records applied, or None when the node
+        serves a height below ``certified``; the height it served)."""
         applied = 0
         since = self.watchlist.height
         while True:
-            page = self._call(lambda c: c.request("GET", "/v1/registry/watchlist", query={"since": since}))
+            page = client.request("GET", "/v1/registry/watchlist", query={"since": since})
+            served = int(page["height"])
+            if served < certified:
+                if applied:
+                    logger.warning("ledger node %s went back to height %d during a sync", client.address, served)
+                return None, served
             for rec in page["records"]:
                 self.watchlist.apply_record(rec)
                 applied += 1
@@ -175,17 +288,63 @@ class WatchlistSync:
             if page["complete"]:
                 break
         self.watchlist.height = max(self.watchlist.height, since)
-        applied += self._retry_unresolved()
-        self.last_sync = time.time()
-        return applied
+        return applied, served
+
+    def sync(self) -> int:
+        """Pull every change since the last synced height from a node at the certified tip; returns the number
+        of records applied. Raises :class:`WatchlistStale` when only nodes behind it answer,
+        :class:`TipUnavailable` or ``ledger.client.Unavailable`` when too few nodes answer at all."""
+        from ledger.client import ApiError, Unavailable
+
+        order = self._order()
+        certified = self.certified_tip(order)
+        deadline = time.monotonic() + self.catch_up_s
+        behind: dict[str, int] = {}
+        last: Optional[Exception] = None
+        candidates = order
+        while True:
+            retry = []
+            for c in candidates:
+                try:
+                    applied, served = self._pull(c, certified)
+                except (Unavailable, ApiError) as exc:
+                    last = exc
+                    continue
+                except (KeyError, TypeError, ValueError) as exc:  # a malformed page: this node is not used
+                    logger.warning("ledger node %s served a malformed watchlist page: %s", c.address,
+                                   type(exc).__name__)
+                    last = exc
+                    continue
+                if applied is None:
+                    retry.append(c)
+                    behind[c.address] = served
+                    continue
+                self.stale_nodes.pop(c.address, None)
+                self.confirmed_height = certified
+                applied += self._retry_unresolved()
+                self.last_sync = time.time()
+                return applied
+            if not retry:
+                break
+            if time.monotonic() >= deadline:
+                for c in retry:
+                    self._lagging(c, behind[c.address], certified)
+                raise WatchlistStale(f"no reachable ledger node serves the watchlist at the certified height "
+                                     f"{certified}", certified, behind)
+            candidates = retry
+            time.sleep(0.1)
+        raise last if last is not None else Unavailable("no ledger node reachable")
 
     def _retry_unresolved(self) -> int:
-        """Ask every node for subjects we could not open (a node may have missed a key upload)."""
+        """Ask every node for subjects we could not open (a node may have missed a key upload); nodes caught
+        lagging are asked last, and an older version than the one wanted is never applied."""
         from ledger.client import ApiError, Unavailable
 
         fixed = 0
+        order = ([c for c in self.clients if c.address not in self.stale_nodes]
+                 + [c for c in self.clients if c.address in self.stale_nodes])
         for p in list(self.watchlist.unresolved):
-            for c in self.clients:
+            for c in order:
                 try:
                     rec = c.request("GET", f"/v1/registry/subjects/{p.hex()}")
                 except (ApiError, Unavailable):
@@ -197,8 +356,16 @@ class WatchlistSync:
 
 
 def from_cluster(addresses: Iterable[str], seed: bytes, keks: Mapping[bytes, bytes], chain_id: str,
-                 timeout_s: float = 10.0) -> WatchlistSync:
-    """A sync over signed clients of the given node API addresses (pipeline key)."""
+                 public_keys: Sequence[bytes], timeout_s: float = 10.0,
+                 node_ids: Optional[Sequence[str]] = None) -> WatchlistSync:
+    """A sync over signed clients of the given node API addresses (pipeline key); tips are verified against
+    the genesis validator ``public_keys``. ``node_ids`` (one per address, from genesis) pins the node each
+    client signs for instead of asking the node."""
     from ledger.client import LedgerClient
 
-    return WatchlistSync([LedgerClient(a, seed, timeout_s) for a in addresses], Watchlist(keks, chain_id))
+    addresses = list(addresses)
+    ids: Sequence[Optional[str]] = list(node_ids) if node_ids is not None else [None] * len(addresses)
+    if len(ids) != len(addresses):
+        raise ValueError("node_ids must name one node per address")
+    return WatchlistSync([LedgerClient(a, seed, timeout_s, node_id=i) for a, i in zip(addresses, ids)],
+                         Watchlist(keks, chain_id), public_keys)

@@ -82,11 +82,14 @@ def test_watchlist_incremental_sync_against_cluster(tmp_path) -> None:
             mgr.register(idents[i], privacy.SubjectRecord.make(risk=30 + i, suspect=False, templates=[temps[i]]))
         from ledger.client import LedgerClient
 
-        clients = [LedgerClient(cluster.api_address(i), cluster.key_seed("pipeline")) for i in range(cluster.n)]
-        sync = WatchlistSync(clients, Watchlist(ring.keks, cluster.genesis.chain_id))
+        clients = [LedgerClient.for_validator(v, cluster.key_seed("pipeline")) for v in cluster.genesis.validators]
+        sync = WatchlistSync(clients, Watchlist(ring.keks, cluster.genesis.chain_id), cluster.genesis.public_keys())
         assert sync.sync() == 2 and len(sync.watchlist) == 2
         h1 = sync.watchlist.height
         assert h1 >= 1
+        # current at a certified height: at least the highest certified tip seen, no node caught lagging
+        assert sync.confirmed_height >= 1 and h1 >= sync.confirmed_height == sync.seen_height
+        assert sync.stale_nodes == {}
         m = sync.watchlist.match(temps[1], 0.363)
         assert m is not None and m.entry.risk == 31
         # nothing changed: an incremental sync applies nothing

@@ -3,7 +3,10 @@
 Sits between EmbedFaces and MaskFaces. The watchlist is an in-memory :class:`WatchlistIndex` kept current by
 a :class:`WatchlistSource` (the ledger client syncs records since the last height with the pipeline role and
 decrypts them on the client); the sync runs in a background thread of the DoFn so that a slow ledger never
-stalls frames, and its age is checked on every frame.
+stalls frames, and its age is checked on every frame. Freshness comes from the chain: each sync reads the
+watchlist from a node that serves the height of a certified tip (a commit certificate verified against the
+genesis, from f+1 nodes); when only nodes behind it answer (lagging, or lying with an old copy), the ledger
+client raises ``WatchlistStale`` and the index is marked stale at once.
 
 Fail closed: a face is ``matched`` (and gets its subject's risk) only when the best subject clears the
 threshold and beats the runner-up by the margin; otherwise it is ``unknown`` or ``ambiguous``. When the
@@ -83,9 +86,17 @@ class LedgerWatchlistSource:
     def sync(self, current: WatchlistIndex, now: float) -> WatchlistIndex:
         from pipelines.watchlist_index import index_from_watchlist
 
+        from ledger.watchlist import WatchlistStale
+
         if self._sync is None:
             self._sync = self._factory()
-        applied = self._sync.sync()
+        try:
+            applied = self._sync.sync()
+        except WatchlistStale as exc:
+            # the chain has moved past what any reachable node serves: an erasure or a risk change may be
+            # hidden, so the current index is stale now, not when the clock says so (strongest mask for all)
+            logger.warning("watchlist is stale (%s); every face gets the strongest mask", exc)
+            return current.touched(0.0)
         watchlist = self._sync.watchlist
         if applied == 0 and watchlist.height == current.height and current.synced_at > 0:
             return current.touched(now)
@@ -111,7 +122,8 @@ class LedgerSyncFactory:
                                      keys_dir=Path(self.keys_dir) if self.keys_dir else None)
         try:
             addresses = [v.api_address for v in rc.genesis.validators]
-            return from_cluster(addresses, rc.seed, dict(rc.ring.keks), rc.chain_id, self.timeout_s)
+            return from_cluster(addresses, rc.seed, dict(rc.ring.keks), rc.chain_id, rc.genesis.public_keys(),
+                                self.timeout_s, node_ids=[v.public_key.hex() for v in rc.genesis.validators])
         finally:
             rc.close()
 

@@ -1,0 +1,201 @@
+"""Watchlist freshness from the chain: a lying ledger node serving an old watchlist (with a valid old commit
+certificate) must not make the pipeline trust it.
+
+Real processes: a 4-node ledger cluster; node 0 is replaced, on its own API address, by a fake node (an HTTP
+server in this test) replaying what node 0 served before a risk downgrade: the old watchlist and the old
+block's real header and certificate. The pipeline reads the node addresses from the genesis as in production.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+
+from ledger import keys as keyring
+from ledger import privacy
+from ledger.config import parse_address
+from ledger.manager_cli import RegistryClient
+from ledger.types import Block
+from pipelines.frame import FrameContext
+from pipelines.matching import MATCHED, STALE
+from pipelines.policy import Policy
+from pipelines.tracking import DETECTED, TrackedFace
+from pipelines.transforms.enrich_risk import (EnrichRisk, LedgerSyncFactory, LedgerWatchlistSource, RiskConfig,
+                                              enrich_frame, policy_decision)
+from pipelines.watchlist_index import WatchlistIndex
+from tests.ledger_util import make_cluster, wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+
+class FakeNode:
+    """A lying node on a real socket: answers every request (signed or not) from a frozen snapshot."""
+
+    def __init__(self, address: str, node_id: str, watchlist: dict, tip: dict, subjects: dict[str, dict]) -> None:
+        self.watchlist, self.tip, self.subjects = watchlist, tip, subjects
+        self.requests: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep the test output clean
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                url = urlsplit(self.path)
+                fake.requests.append(url.path)
+                if url.path == "/v1/registry/watchlist":
+                    since = int(parse_qs(url.query).get("since", ["0"])[0])
+                    recs = [r for r in fake.watchlist["records"] if r["height"] > since]
+                    h = fake.watchlist["height"]
+                    body = {"height": h, "since": since, "next_since": max(h, since), "complete": True,
+                            "records": recs}
+                    self._send(200, body)
+                elif url.path == "/v1/node":  # it claims to be the validator whose address it took
+                    self._send(200, {"node_id": node_id, "index": 0, "chain_id": "", "tls": False})
+                elif url.path == "/v1/tip":
+                    self._send(200, fake.tip)
+                elif url.path == "/v1/status":
+                    self._send(200, {"index": 0, "height": fake.tip["height"]})
+                elif url.path.startswith("/v1/registry/subjects/"):
+                    rec = fake.subjects.get(url.path.rsplit("/", 1)[1])
+                    self._send(200, rec) if rec else self._send(404, {"error": "unknown subject"})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def _send(self, status: int, obj: dict) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        host, port = parse_address(address, "fake node")
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeNode":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _face(emb: np.ndarray) -> TrackedFace:
+    return TrackedFace(x=10.0, y=10.0, w=120.0, h=144.0, score=0.9, track_id=1, source=DETECTED, embedding=emb,
+                       embedding_fresh=True)
+
+
+def _frame(emb: np.ndarray, seq: int = 0) -> FrameContext:
+    img = np.zeros((8, 8, 3), np.uint8)
+    return FrameContext("frames.raw", 0, 0, "cam-1", 0, seq, 0, 8, 8, hashlib.sha256(b"x").digest(), img,
+                        detections=(_face(emb),))
+
+
+def _tip_of(cluster: Any, height: int) -> dict:
+    """What an honest node's /v1/tip said at ``height``: the real header and commit certificate."""
+    with cluster.client(1, "auditor") as c:
+        blk = c.block(height)
+    header = Block.decode(base64.b64decode(blk["block"])).header.encode()
+    return {"height": height, "hash": blk["hash"], "header": base64.b64encode(header).decode(), "cert": blk["cert"]}
+
+
+def _summary(f: FrameContext) -> tuple:
+    d = f.detections[0]
+    return d.identity, d.risk
+
+
+@pytest.mark.slow
+def test_lying_node_with_an_old_watchlist_is_not_trusted(tmp_path: Any) -> None:
+    import apache_beam as beam
+    from apache_beam.testing import test_pipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    cluster = make_cluster(tmp_path / "ledger")
+    keyring.init_keyring(tmp_path / "keys")
+    stopped: list[int] = []
+    rng = np.random.default_rng(12)
+    template = rng.standard_normal(128).astype(np.float32)
+    camera_view = template + 0.05 * rng.standard_normal(128).astype(np.float32)
+    ident = privacy.Identity("Freshness Subject", "1970-02-03")
+    policy = Policy.load("default")
+    try:
+        cluster.up(wait_height=1, timeout_s=120)
+        mgr = RegistryClient.from_dir(tmp_path / "ledger", "manager", tmp_path / "keys")
+        # registered as a high-risk suspect: stays recognisable on camera
+        mgr.register(ident, privacy.SubjectRecord.make(risk=95, suspect=True, templates=[template]))
+        with cluster.client(0, "pipeline") as c:
+            old = c.request("GET", "/v1/registry/watchlist", query={"since": 0})
+            p = old["records"][0]["pseudonym"]
+            old_subject = c.request("GET", f"/v1/registry/subjects/{p}")
+        old_tip = _tip_of(cluster, old["height"])
+        # node 0 goes down; the cluster downgrades the subject (no longer a suspect: must be masked)
+        cluster.kill_node(0)
+        mgr.update(ident, risk=20, suspect=False)
+        mgr.close()
+        wait_for(lambda: min(cluster.heights([1, 2, 3]).values(), default=0) > old["height"] + 2, 60,
+                 "the chain to move on")
+        # ... and a liar takes node 0's address, replaying node 0's old (validly certified) answers
+        node0 = cluster.genesis.validators[0].public_key.hex()
+        with FakeNode(cluster.api_address(0), node0, old, old_tip, {p: old_subject}) as liar:
+            factory = LedgerSyncFactory(str(tmp_path / "ledger"), "pipeline", str(tmp_path / "keys"), timeout_s=3.0)
+
+            # 1. The Beam stage, as `riskmask run` builds it: the downgrade is what the face gets.
+            cfg = RiskConfig(background_sync=False, sync_interval_s=1.0)
+            with test_pipeline.TestPipeline() as pl:
+                out = (pl | beam.Create([_frame(camera_view, i) for i in range(2)])
+                       | EnrichRisk(lambda: LedgerWatchlistSource(factory), cfg))
+                assert_that(out | beam.Map(_summary), equal_to([(MATCHED, 20)] * 2))
+
+            # 2. One source kept across syncs, so it has seen the certified tip of the honest nodes.
+            src = LedgerWatchlistSource(factory)
+            idx = src.sync(WatchlistIndex.empty(), time.time())
+            for _ in range(3):  # every node gets its turn as the first one asked: the answer never changes
+                idx = src.sync(idx, time.time())
+                fr, _ = enrich_frame(_frame(camera_view), idx, time.time(), RiskConfig())
+                assert _summary(fr) == (MATCHED, 20), f"the lying node's old watchlist was used: {_summary(fr)}"
+            assert "/v1/registry/watchlist" in liar.requests or "/v1/tip" in liar.requests
+
+            # 3. The honest nodes stop answering (paused); only the liar does: its watchlist is older than the
+            #    certified height already seen, so the pipeline treats the watchlist as stale right away.
+            for i in (1, 2, 3):
+                os.kill(cluster.pid(i), signal.SIGSTOP)
+                stopped.append(i)
+            now = time.time()
+            idx = src.sync(idx, now)
+            fr, _ = enrich_frame(_frame(camera_view), idx, now, RiskConfig())
+            face = fr.detections[0]
+            assert face.identity == STALE and face.risk is None, (face.identity, face.risk)
+            assert policy_decision(policy, face) == policy.strongest(face.w, face.h)
+            assert policy_decision(policy, face) != policy.decide(face.w, face.h, 95, True)
+
+            # 4. The honest nodes answer again: current again, with the downgrade.
+            for i in list(stopped):
+                os.kill(cluster.pid(i), signal.SIGCONT)
+                stopped.remove(i)
+            now = time.time()
+            idx = src.sync(idx, now)
+            fr, _ = enrich_frame(_frame(camera_view), idx, now, RiskConfig())
+            assert _summary(fr) == (MATCHED, 20)
+    finally:
+        for i in stopped:
+            pid: Optional[int] = cluster.pid(i)
+            if pid:
+                os.kill(pid, signal.SIGCONT)
+        cluster.down()
