@@ -49,6 +49,11 @@ MAX_FUTURE_MS = 10_000
 MAX_PENDING_EVIDENCE = 1000
 ADMIT_CHUNK = 8  # transactions verified between yields to the event loop
 TX_INBOX_MAX = 1000  # gossip frames waiting for admission
+TX_INBOX_BYTES = 64 * 1024 * 1024  # their bytes, all peers together (beyond it, proposals carry the txs)
+TX_INBOX_PEER_BYTES = 24 * 1024 * 1024  # one peer's share; a peer past it is cut off
+TX_RECENT_FRAMES = 4096  # digests of recent gossip frames: a duplicate frame is dropped unread
+MAX_PROPOSALS_PER_ROUND = 4  # different proposals one peer may send for one (height, round)
+MAX_PROPOSAL_ROUNDS_PER_PEER = 64  # (height, round) pairs one peer may propose for above our height
 ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
 
 
@@ -92,7 +97,14 @@ class LedgerNode(BlockSync, NodeView):
         self.consensus: Optional[ConsensusState] = None
         self._events: collections.deque = collections.deque()
         self._drain_task: Optional[asyncio.Task] = None
-        self._tx_inbox: collections.deque = collections.deque()
+        self._tx_inbox: collections.deque = collections.deque()  # (peer, digest, body)
+        self._tx_inbox_bytes = 0
+        self._tx_inbox_peer: dict[int, int] = collections.defaultdict(int)
+        self._tx_recent: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+        self._proposals_seen: dict[tuple[int, int, int], set[bytes]] = {}  # (peer, height, round) -> digests
+        self._certified: dict[int, int] = {}  # while silent after a wipe: validator -> certified height
+        self._status_cache: tuple[int, bytes, bytes] = (0, b"", b"")
+        self.p2p.on_fault = self._on_peer_fault
         self._tx_task: Optional[asyncio.Task] = None
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         self._gossip: list[bytes] = []
@@ -276,15 +288,34 @@ class LedgerNode(BlockSync, NodeView):
             return False
         return True
 
-    def _note_peer_height(self, height: int) -> None:
-        """A node that started with no data cannot know what it signed before the data was lost: if the
-        chain already exists it stays silent until two heights past the one in progress when it rejoined,
-        so it can never contradict a vote it cast before the wipe."""
-        if self._quiet_through is not None and self._quiet_through < 0:
-            self._quiet_through = height + 2 if height > 0 else None
-            if self._quiet_through:
-                logger.warning("started without data while the chain is at height %d: not signing anything "
-                               "before height %d", height, self._quiet_through + 1)
+    def _note_peer_height(self, peer: int, height: int, block_hash: bytes = b"", cert: bytes = b"") -> None:
+        """A node that started with no data cannot know what it signed before the data was lost. It stays
+        silent until f+1 distinct validators told it their height, each height above 0 proven by a commit
+        certificate checked against the genesis keys (so at least one of them is honest, and none can claim a
+        height the validators did not commit); then through the highest of those heights + 2, so it can never
+        contradict a vote it cast before the wipe. One forged status ends nothing."""
+        if self._quiet_through is None or self._quiet_through >= 0:
+            return
+        if height > 0:
+            try:
+                if len(block_hash) != 32:
+                    raise ValueError("no tip block hash")
+                verify_commit(CommitCertificate.decode(cert), self.chain_id, self.public_keys, block_hash, height,
+                              self.verifier)
+            except (LedgerError, ValueError) as exc:
+                logger.warning("ignoring an uncertified status from validator %d (height %d): %s", peer, height,
+                               exc)
+                return
+        self._certified[peer] = max(height, self._certified.get(peer, 0))
+        if len(self._certified) < self.genesis.f + 1:
+            logger.info("started without data: heard validators %s, waiting for %d before signing anything",
+                        sorted(self._certified), self.genesis.f + 1)
+            return
+        top = max(self._certified.values())
+        self._quiet_through = top + 2 if top > 0 else None
+        if self._quiet_through:
+            logger.warning("started without data while the chain is at height %d: not signing anything "
+                           "before height %d", top, self._quiet_through + 1)
 
     def _fire(self, ev: Any) -> None:
         if not self._closing:
@@ -420,7 +451,10 @@ class LedgerNode(BlockSync, NodeView):
         """Admit gossiped transactions in small steps, so votes and proposals never queue behind them."""
         try:
             while self._tx_inbox and not self._closing:
-                await self._on_peer_txs(self._tx_inbox.popleft())
+                peer, _, body = self._tx_inbox.popleft()
+                self._tx_inbox_bytes -= len(body)
+                self._tx_inbox_peer[peer] -= len(body)
+                await self._on_peer_txs(body)
         finally:
             self._tx_task = None
 
@@ -463,7 +497,7 @@ class LedgerNode(BlockSync, NodeView):
 
     # -- p2p -----------------------------------------------------------------------------------------------
     async def _on_connect(self, peer: int) -> None:
-        self.p2p.send(peer, p2p.T_STATUS, sync.encode_status(self.store.height, self._round()))
+        self.p2p.send(peer, p2p.T_STATUS, self._status_body())
         # Re-send what we signed at the current height: the peer may have missed it while away.
         if self._is_quiet():
             return
@@ -477,17 +511,14 @@ class LedgerNode(BlockSync, NodeView):
                 msg = decode_message(body)
                 if isinstance(msg, Vote):
                     self.feed(VoteReceived(msg))
-                elif isinstance(msg, Proposal):
+                elif isinstance(msg, Proposal) and self._note_proposal(peer, msg, body):
                     self.feed(ProposalReceived(msg))
             elif mtype == p2p.T_TXS:
-                if len(self._tx_inbox) < TX_INBOX_MAX:  # beyond it, proposals still carry the txs
-                    self._tx_inbox.append(body)
-                if self._tx_task is None:
-                    self._tx_task = asyncio.get_running_loop().create_task(self._tx_worker())
+                self._queue_gossip(peer, body)
             elif mtype == p2p.T_STATUS:
-                height, _ = sync.decode_status(body)
+                height, _, block_hash, cert = sync.decode_status(body)
                 self._peer_heights[peer] = height
-                self._note_peer_height(height)
+                self._note_peer_height(peer, height, block_hash, cert)
                 if height > self.store.height:
                     self._request_sync(self.store.height + 1, prefer=peer)
             elif mtype == p2p.T_SYNC_REQ:
@@ -500,10 +531,75 @@ class LedgerNode(BlockSync, NodeView):
         except (LedgerError, ValueError) as exc:
             logger.debug("bad frame type %d from validator %d: %s", mtype, peer, exc)
 
+    def _status_body(self) -> bytes:
+        """STATUS: our height and round, with the tip's hash and certificate (proof of the height)."""
+        h = self.store.height
+        if h == 0:
+            return sync.encode_status(0, self._round())
+        if self._status_cache[0] != h:
+            b = self.store.get_block(h)
+            self._status_cache = (h, b.hash, b.cert)
+        return sync.encode_status(h, self._round(), self._status_cache[1], self._status_cache[2])
+
+    def _note_proposal(self, peer: int, p: Proposal, body: bytes) -> bool:
+        """True when a proposal frame should reach consensus. Duplicates are dropped; a peer that sends more
+        than MAX_PROPOSALS_PER_ROUND different proposals for one (height, round), or proposals for more than
+        MAX_PROPOSAL_ROUNDS_PER_PEER (height, round) pairs ahead of us, is flooding and is cut off."""
+        stub, top = p.stub, self.store.height
+        if stub.height <= top:
+            return False
+        key = (peer, stub.height, stub.round)
+        seen = self._proposals_seen.get(key)
+        if seen is None:
+            if len(self._proposals_seen) >= 64:
+                self._proposals_seen = {k: v for k, v in self._proposals_seen.items() if k[1] > top}
+            if sum(1 for k in self._proposals_seen if k[0] == peer) >= MAX_PROPOSAL_ROUNDS_PER_PEER:
+                self.p2p.cut_off(peer, f"proposals for more than {MAX_PROPOSAL_ROUNDS_PER_PEER} rounds ahead")
+                return False
+            seen = self._proposals_seen[key] = set()
+        digest = crypto.sha256(body)
+        if digest in seen:
+            return False
+        seen.add(digest)
+        if len(seen) > MAX_PROPOSALS_PER_ROUND:
+            self.p2p.cut_off(peer, f"{len(seen)} different proposals for height {stub.height} round {stub.round}")
+            return False
+        return True
+
+    def _queue_gossip(self, peer: int, body: bytes) -> None:
+        """Queue a gossiped transactions frame for admission, within the inbox's byte budgets."""
+        digest = crypto.sha256(body)
+        if digest in self._tx_recent:
+            return  # a duplicate frame
+        self._tx_recent[digest] = None
+        if len(self._tx_recent) > TX_RECENT_FRAMES:
+            self._tx_recent.popitem(last=False)
+        if self._tx_inbox_peer[peer] + len(body) > TX_INBOX_PEER_BYTES:
+            self.p2p.cut_off(peer, f"gossip inbox share over {TX_INBOX_PEER_BYTES} bytes")
+            return
+        if len(self._tx_inbox) >= TX_INBOX_MAX or self._tx_inbox_bytes + len(body) > TX_INBOX_BYTES:
+            return  # beyond it, proposals still carry the txs
+        self._tx_inbox.append((peer, digest, body))
+        self._tx_inbox_bytes += len(body)
+        self._tx_inbox_peer[peer] += len(body)
+        if self._tx_task is None:
+            self._tx_task = asyncio.get_running_loop().create_task(self._tx_worker())
+
+    def _on_peer_fault(self, peer: int, reason: str) -> None:
+        """Record a validator the p2p layer cut off (off the loop: the write fsyncs)."""
+        def record() -> None:
+            try:
+                self.store.add_peer_fault(peer, reason, now_ms())
+            except StoreError as exc:
+                logger.error("could not record the fault of validator %d: %s", peer, exc)
+
+        if not self._closing:
+            asyncio.get_running_loop().run_in_executor(self._io, record)
+
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(STATUS_INTERVAL_S)
-            self.p2p.broadcast(p2p.T_STATUS, sync.encode_status(self.store.height, self._round()))
+            self.p2p.broadcast(p2p.T_STATUS, self._status_body())
             inflight = self._sync_inflight
             if inflight is not None and time.monotonic() > inflight[2]:
                 self._sync_inflight = None
@@ -530,6 +626,7 @@ def p2p_host_port(addr: str) -> tuple[str, int]:
 
 
 async def _serve(cfg: NodeConfig) -> int:
+    os.umask(0o077)  # data directories 0700, databases and everything else the node writes 0600
     node = LedgerNode(cfg)
     stop = asyncio.Event()
     node.stop_event = stop

@@ -13,6 +13,10 @@ Tables:
   part of any block hash, so deleting a row (crypto-shredding on erasure) leaves the chain verifiable.
   ``secure_delete`` is on and deletion checkpoints the WAL, so deleted key bytes do not linger in the file.
 * ``meta`` — chain id and genesis hash: a data directory of another chain is refused.
+* ``peer_faults`` — validators this node cut off on the p2p layer (budget or protocol breaches), for operators.
+
+The data directory is made 0700 and the database files 0600 (the wrapped keys and the signed votes are in
+them); a directory or file left more open by an older version is closed on open.
 
 Any SQLite error that means the file is damaged is raised as :class:`StoreCorrupt` (fail hard, never serve
 possibly-wrong data).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -63,6 +68,12 @@ CREATE TABLE IF NOT EXISTS evidence (
     data BLOB NOT NULL UNIQUE,
     time_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS peer_faults (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    validator INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    time_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS wrapped_keys (
     subject BLOB PRIMARY KEY,
     wrapped BLOB NOT NULL,
@@ -99,13 +110,25 @@ def _digest(block: bytes, cert: bytes) -> bytes:
     return hashlib.sha256(len(block).to_bytes(8, "big") + block + cert).digest()
 
 
+def _restrict(path: Path, mode: int) -> None:
+    """Make ``path`` (if it exists) exactly ``mode``; refuse to run over a path we cannot restrict."""
+    try:
+        if path.exists() and (path.stat().st_mode & 0o777) != mode:
+            os.chmod(path, mode)
+    except OSError as exc:
+        raise StoreError(f"cannot restrict the permissions of {path}: {exc.strerror or exc}") from None
+
+
 class Store:
     """One node's SQLite database. Thread-safe: one writer connection and one reader connection, each
     guarded by its lock, so reads from the event loop never wait for a write's fsync on another thread."""
 
     def __init__(self, path: Path, chain_id: str, genesis_hash: bytes) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _restrict(self.path.parent, 0o700)
+        if not self.path.exists():  # created 0600, whatever the process umask
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.Lock()  # the writer connection
         self._rlock = threading.Lock()  # the reader connection
         try:
@@ -122,6 +145,8 @@ class Store:
             # Readers get their own connection: in WAL mode they never wait for a writer's fsync.
             self._rdb = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._rdb.execute("PRAGMA query_only=ON")
+            for suffix in ("", "-wal", "-shm"):
+                _restrict(Path(str(self.path) + suffix), 0o600)
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"ledger database {self.path} is unreadable or corrupt: {exc}") from None
         self._height = self._load_height()
@@ -309,6 +334,21 @@ class Store:
             (limit,)).fetchall())
         return [{"id": int(i), "height": int(h), "validator": int(v), "kind": k, "data": bytes(d),
                  "time_ms": int(t)} for i, h, v, k, d, t in rows]
+
+    # -- peer faults ---------------------------------------------------------------------------------------
+    def add_peer_fault(self, validator: int, reason: str, time_ms: int) -> None:
+        """Record that validator ``validator`` was cut off on the p2p layer, and why."""
+        def op() -> None:
+            with self._tx() as db:
+                db.execute("INSERT INTO peer_faults (validator, reason, time_ms) VALUES (?, ?, ?)",
+                           (validator, reason[:500], time_ms))
+
+        self._run(op)
+
+    def list_peer_faults(self, limit: int = 1000) -> list[tuple[int, str, int]]:
+        rows = self._read(lambda db: db.execute(
+            "SELECT validator, reason, time_ms FROM peer_faults ORDER BY id DESC LIMIT ?", (limit,)).fetchall())
+        return [(int(v), str(r), int(t)) for v, r, t in rows]
 
     # -- deletable key store ---------------------------------------------------------------------------------
     def put_wrapped_key(self, subject: bytes, wrapped: bytes, height: int = 0) -> None:

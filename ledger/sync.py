@@ -1,8 +1,9 @@
 """Block sync between validators: wire formats of status, sync request and sync response frames.
 
-A node announces ``STATUS`` (its finalized height and current round) to every peer on connect and every
-second. A node that sees a peer ahead asks it with ``SYNC_REQ`` (first height, max count) and gets
-``SYNC_RESP``: finalized blocks with their commit certificates, in height order, at most
+A node announces ``STATUS`` (its finalized height, current round, and the hash and commit certificate of its
+tip block) to every peer on connect and every second; the certificate lets a node that lost its data check a
+claimed height without trusting the peer (see ``LedgerNode._note_peer_height``). A node that sees a peer
+ahead asks it with ``SYNC_REQ`` (first height, max count) and gets ``SYNC_RESP``: finalized blocks with their commit certificates, in height order, at most
 :data:`MAX_SYNC_BYTES` per response. The receiver verifies every certificate against the genesis validator
 set (in :mod:`ledger.consensus`, fed as ``CommitReceived``) before anything is stored, so a lying peer can
 slow a node down but never make it store a block the validators did not commit.
@@ -20,14 +21,22 @@ class SyncError(ValueError):
     """A malformed sync frame."""
 
 
-def encode_status(height: int, round_: int) -> bytes:
-    return struct.pack(">QI", height, round_)
+MAX_STATUS_CERT = 64 * 1024
 
 
-def decode_status(body: bytes) -> tuple[int, int]:
-    if len(body) != 12:
+def encode_status(height: int, round_: int, block_hash: bytes = b"", cert: bytes = b"") -> bytes:
+    """Status frame: height u64 | round u32, then (from height 1) tip block hash (32) | its certificate."""
+    if block_hash and len(block_hash) != 32:
+        raise SyncError("block hash must be 32 bytes")
+    return struct.pack(">QI", height, round_) + block_hash + cert
+
+
+def decode_status(body: bytes) -> tuple[int, int, bytes, bytes]:
+    """(height, round, tip block hash or b"", certificate bytes or b"")."""
+    if len(body) < 12 or len(body) > 12 + 32 + MAX_STATUS_CERT or 12 < len(body) < 44:
         raise SyncError("bad status frame")
-    return struct.unpack(">QI", body)
+    height, round_ = struct.unpack(">QI", body[:12])
+    return height, round_, body[12:44], body[44:]
 
 
 def encode_request(start: int, count: int) -> bytes:

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MAX_ROUNDS_AHEAD_VOTES = 64       # votes further ahead than this many rounds are dropped (memory bound)
 MAX_ROUNDS_AHEAD_PROPOSALS = 4    # proposals carry whole blocks: keep very few future ones
 MAX_FUTURE_MESSAGES = 1024        # buffered messages for the next height
+MAX_FUTURE_BYTES = 2 * codec.MAX_BLOCK_BYTES + 1024 * 1024  # their byte budget (two full proposals + votes)
 
 _VOTE_STEP = {PREVOTE: STEP_PREVOTE, PRECOMMIT: STEP_PRECOMMIT}
 
@@ -93,6 +94,8 @@ class ConsensusState:
         self._commit_candidates: list[tuple[int, bytes]] = []
         self._skip_round = -1
         self._future: list[Union[Vote, Proposal]] = []
+        self._future_keys: set[tuple] = set()  # one message per (kind, height, round, sender) is buffered
+        self._future_bytes = 0
         self._seen_ahead = 0
         self._sync_requested = False
         self._signed = {k: v for k, v in self._signed.items() if k[0] >= self.height}
@@ -181,6 +184,14 @@ class ConsensusState:
             return False
         return len(self._future) < MAX_FUTURE_MESSAGES
 
+    def _buffer_future(self, msg: Union[Vote, Proposal], key: tuple, size: int) -> None:
+        """Keep ``msg`` for the next height: first message per key only, within the byte budget."""
+        if key in self._future_keys or self._future_bytes + size > MAX_FUTURE_BYTES:
+            return
+        self._future_keys.add(key)
+        self._future_bytes += size
+        self._future.append(msg)
+
     def _request_sync(self, out: list[Action]) -> None:
         if not self._sync_requested:
             self._sync_requested = True
@@ -194,9 +205,10 @@ class ConsensusState:
         if vote.height != self.height:
             # Only validly signed messages may make this node buffer them or ask for sync.
             if vote.height > self.height and vote.validator < self.n and \
+                    vote.round <= MAX_ROUNDS_AHEAD_VOTES and \
                     vote.verify(self.chain_id, self.public_keys[vote.validator], self.verifier) and \
                     self._note_ahead(vote.height, out):
-                self._future.append(vote)
+                self._buffer_future(vote, ("v", vote.height, vote.round, vote.type, vote.validator), 256)
             return
         if vote.validator >= self.n or vote.round > self.round + MAX_ROUNDS_AHEAD_VOTES:
             return
@@ -240,9 +252,14 @@ class ConsensusState:
             return
         if stub.height != self.height:
             if stub.height > self.height and stub.proposer == proposer_index(stub.height, stub.round, self.n) \
+                    and stub.round <= MAX_ROUNDS_AHEAD_PROPOSALS \
                     and stub.verify(self.chain_id, self.public_keys[stub.proposer], self.verifier) \
                     and self._note_ahead(stub.height, out):
-                self._future.append(p)
+                try:
+                    size = len(p.block.encode())
+                except ValidationError:
+                    return
+                self._buffer_future(p, ("p", stub.height, stub.round), size)
             return
         if stub.round > self.round + MAX_ROUNDS_AHEAD_PROPOSALS or stub.proposer != self._proposer(stub.round):
             return
