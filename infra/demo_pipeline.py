@@ -84,7 +84,8 @@ def pipeline_ledger_args(info: StackInfo, flags: Optional[set[str]] = None,
 
     Returns (flags, recognition status text: "requested" or why not). The pipeline also gets the RISKMASK_*
     variables naming the stack, so options that default from them need no flag. Audit blocks are cut every
-    quarter of the clip, so that a short clip yields complete (and anchored) blocks for the auditor.
+    quarter of the clip (a divisor of its length), so that a short clip yields complete (and anchored) blocks for
+    the auditor.
     """
     flags = run_flags() if flags is None else flags
     ledger = Path(info.ledger_dir)
@@ -97,7 +98,12 @@ def pipeline_ledger_args(info: StackInfo, flags: Optional[set[str]] = None,
         if flag in flags:
             args += [flag, value]
     if "--audit-block-records" in flags:
-        args += ["--audit-block-records", str(max(2, frames // 4))]
+        # a divisor of the clip length, so that every frame's record lands in a complete block (the auditor key
+        # opens the per-face decisions of every frame); about a quarter of the clip
+        size = max(1, frames // 4)
+        while frames % size:
+            size -= 1
+        args += ["--audit-block-records", str(size)]
     for switch in ("--recognition", "--recognize", "--audit", "--anchor-audit-blocks"):  # opt-in switches
         if switch in flags:
             args.append(switch)

@@ -5,7 +5,9 @@ Layout of the state root (``$RISKMASK_HOME`` or ``./.riskmask``)::
     stack.json      what ``up`` started: bootstrap, ledger and key paths, owner pid (0 = persistent)
     broker/         broker.pid, broker.json, broker.log of the embedded Tansu broker (memory storage)
     ledger/         the ledger cluster directory (genesis, node configs, node keys, SQLite data, logs)
-    keys/           the client-side privacy keyring (keyring.json, 0600); never read by a ledger node
+    keys/           the client-side privacy keyring (keyring.json, 0600); never read by a ledger node;
+                    the auditor key pair (auditor.x25519 0600, auditor.x25519.pub) and the per-camera
+                    raw-frame keys (frame_keys.json 0600, made by producers with encryption on)
 
 ``Stack.up`` is idempotent: it starts only what is not running and creates the ledger cluster and the keyring
 only when they do not exist, so the chain and its registrations survive ``down``/``up``. Whatever one ``up``
@@ -203,6 +205,11 @@ class Stack:
             if not keyring.keyring_path(self.paths.keys).exists():
                 progress(f"creating the privacy keyring in {self.paths.keys}")
                 keyring.init_keyring(self.paths.keys)
+            if not keyring.auditor_public_path(self.paths.keys).exists():
+                # Local convenience: the auditor's private half sits beside the pipeline's keys here; in
+                # production it is made on the auditor's machine and only the .pub is given to the pipeline.
+                progress(f"creating the auditor key pair (audit decisions are sealed to it) in {self.paths.keys}")
+                keyring.init_auditor_key(self.paths.keys, force=True)
             info = StackInfo(root=str(self.paths.root), bootstrap=binfo.bootstrap,
                              ledger_dir=str(self.paths.ledger), keys_dir=str(self.paths.keys),
                              api_addresses=[cluster.api_address(i) for i in range(cluster.n)],

@@ -510,6 +510,8 @@ def _produce_main(args: argparse.Namespace) -> int:
     if not getattr(args, "debug", False):
         # kafka-python logs every connection attempt; failures reach the user as one line from this command
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        # FFmpeg prints every refused (re)connection of a live stream; outages are counted and logged here
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     from infra.broker import resolve_bootstrap
 
     if (args.source is None) == (args.cameras is None):

@@ -18,11 +18,16 @@ def _jpeg(color: int, size: tuple[int, int] = (1280, 720)) -> bytes:
     return buf.tobytes()
 
 
-def _frame(seq: int, faces: tuple[FaceDecision, ...]) -> RedactedFrame:
-    return RedactedFrame(camera_id="cam", epoch=1, seq=seq, capture_ts_us=1_000_000 + seq * 100_000,
-                         processed_ts_us=1_500_000 + seq * 100_000, width=1280, height=720, image=_jpeg(90),
-                         raw_sha256=b"\0" * 32, redacted_sha256=b"\0" * 32, policy_id="p", detector_id="d",
-                         faces=faces)
+def _frame(seq: int, faces: tuple[FaceDecision, ...]):
+    """A published frame seen with its decisions as the auditor key opens them (frames.redacted itself carries
+    only the masked regions since schema v2)."""
+    from infra.demo import AuditorView
+    from pipelines.transforms.encode import mask_regions
+
+    return AuditorView(RedactedFrame(camera_id="cam", epoch=1, seq=seq, capture_ts_us=1_000_000 + seq * 100_000,
+                                     processed_ts_us=1_500_000 + seq * 100_000, width=1280, height=720,
+                                     image=_jpeg(90), raw_sha256=b"\0" * 32, redacted_sha256=b"\0" * 32,
+                                     policy_id="p", detector_id="d", masks=mask_regions(faces, 1280, 720)), faces)
 
 
 SUSPECT = FaceDecision(x=100, y=10, w=120, h=160, score=0.9, risk_group=3, mode="none", strength=0.0,

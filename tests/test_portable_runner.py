@@ -197,7 +197,7 @@ def test_every_face_is_masked(portable_run):
         untouched = np.ones(diff.shape, bool)
         for x, y, w, h in scene.boxes:  # masks reach past the box (mask_scale): keep a wide margin
             untouched[max(0, y - 2 * h):y + 3 * h, max(0, x - 2 * w):x + 3 * w] = False
-        for f in rf.faces:  # gap-filled masks of faces from earlier frames are masks too, not background
+        for f in rf.masks:  # gap-filled masks of faces from earlier frames are masks too, not background
             untouched[max(0, f.y - f.h):f.y + 2 * f.h, max(0, f.x - f.w):f.x + 2 * f.w] = False
         background = float(diff[untouched].mean()) if untouched.any() else 0.0
         for box in scene.boxes:
