@@ -93,3 +93,42 @@ def test_tiny_factor_is_checked() -> None:
         load_detector("yunet", tiny_factor=9)
     assert load_detector("centerface").model_id == "centerface"  # CenterFace: no pass unless asked
     assert load_detector("centerface", tiny_factor=2).model_id == "centerface+tiny2x"
+
+
+def test_pipeline_stage_default_finds_tiny_faces(scene) -> None:
+    """``riskmask run``'s DetectFaces stage loads the default detection (with the tiny-face pass)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline_support import frame_context
+    from pipelines.options import RiskmaskOptions
+    from pipelines.transforms.detect_faces import _DetectFn
+
+    frame, boxes = scene
+    opts = PipelineOptions([]).view_as(RiskmaskOptions)
+    fn = _DetectFn(opts.detector, opts.detector_threads, opts.detector_threshold, None)  # as the pipeline builds it
+    fn.setup()
+    try:
+        out = next(iter(fn.process(frame_context(frame))))
+    finally:
+        fn.teardown()
+    assert out.detector_id == "yunet-2023mar+tiny2x" and not out.degraded
+    assert _found(out.detections, boxes) >= 11
+
+
+def test_redact_cli_default_masks_tiny_faces(scene, tmp_path, capsys) -> None:
+    """``riskmask redact`` with its defaults masks the 9-13 px faces (the manifest names the detection)."""
+    import json
+
+    import cv2
+
+    from riskmask.cli import main
+
+    frame, boxes = scene
+    src = tmp_path / "tiny.png"
+    cv2.imwrite(str(src), frame)
+    assert main(["redact", str(src), "-o", str(tmp_path / "out.png"), "--manifest", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    masked = int(out.split(" face(s) masked")[0].rsplit(" ", 1)[-1])
+    assert masked >= 11, out
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert "tiny2x" in json.dumps(manifest)
