@@ -106,3 +106,69 @@ def test_pipeline_routes_bad_records_to_dlq_without_pixels(image):
 
         assert_that(out[DLQ_TAG] | "dl" >> beam.Map(check),
                     equal_to([(3 + i, reason) for i, reason in enumerate(bad)]), label="dlq")
+
+
+# --- raw-frame encryption: the pipeline decrypts with the camera's key; what it cannot decrypt goes to the DLQ --
+
+
+def _encrypted(image: np.ndarray, keys_dir, seq: int = 3, camera: str = "cam-t"):
+    """A CameraFrame encrypted by the real producer code path (camera key created in ``keys_dir``)."""
+    import dataclasses
+
+    from ledger.keys import camera_frame_key
+    from ledger.privacy import encrypt_frame, frame_aad
+
+    kid, key = camera_frame_key(camera, keys_dir)
+    plain = camera_frame(image, seq=seq, camera_id=camera)
+    aad = frame_aad(plain.camera_id, plain.epoch, plain.seq, plain.capture_ts_us, plain.width, plain.height,
+                    plain.encoding)
+    return plain, dataclasses.replace(plain, image=encrypt_frame(key, plain.image, aad), image_key_id=kid)
+
+
+def test_encrypted_frame_decrypts_with_the_camera_key(image, tmp_path):
+    import cv2
+
+    from pipelines.transforms.decode import FrameKeySource
+
+    plain, enc = _encrypted(image, tmp_path)
+    assert b"\xff\xd8" not in enc.image and cv2.imdecode(np.frombuffer(enc.image, np.uint8), 1) is None
+    ctx = decode_frame(record(enc.to_bytes()), MAX, keys=FrameKeySource(str(tmp_path)))
+    assert ctx.raw_sha256 == hashlib.sha256(plain.image).digest() and ctx.raw_size == len(plain.image)
+    assert ctx.image.shape == image.shape and ctx.seq == 3
+
+
+def test_frames_that_cannot_be_decrypted_raise_with_reason(image, tmp_path):
+    import dataclasses
+
+    from pipelines.transforms.decode import FrameKeySource
+
+    _, enc = _encrypted(image, tmp_path / "a")
+    cases = [
+        (enc, FrameKeySource(str(tmp_path / "empty")), "unknown_frame_key"),  # the pipeline lacks the key
+        (enc, None, "unknown_frame_key"),
+        (dataclasses.replace(enc, seq=4), FrameKeySource(str(tmp_path / "a")), "undecryptable_frame"),  # replayed
+        (dataclasses.replace(enc, image=enc.image[:-1] + bytes([enc.image[-1] ^ 1])),
+         FrameKeySource(str(tmp_path / "a")), "undecryptable_frame"),  # tampered
+    ]
+    _, other = _encrypted(image, tmp_path / "b")  # same camera id, another deployment's key
+    cases.append((dataclasses.replace(enc, image_key_id=other.image_key_id), FrameKeySource(str(tmp_path / "b")),
+                  "undecryptable_frame"))
+    for frame, keys, reason in cases:
+        with pytest.raises(DecodeError) as info:
+            decode_frame(record(frame.to_bytes()), MAX, keys=keys)
+        assert info.value.reason == reason
+        assert info.value.ids == {"camera_id": "cam-t", "epoch": frame.epoch, "seq": frame.seq}
+
+
+def test_pipeline_sends_undecryptable_frames_to_dlq_without_pixels(image, tmp_path):
+    _, good = _encrypted(image, tmp_path / "k", seq=0)
+    _, foreign = _encrypted(image, tmp_path / "other", seq=1)
+    with beam_test_pipeline() as p:
+        import apache_beam as beam
+
+        out = (p | beam.Create([record(good.to_bytes(), 0), record(foreign.to_bytes(), 1)], reshuffle=False)
+               | Decode(MAX, keys_dir=str(tmp_path / "k")))
+        assert_that(out["frames"] | "f" >> beam.Map(lambda f: (f.seq, f.image.shape)), equal_to([(0, image.shape)]),
+                    label="frames")
+        assert_that(out[DLQ_TAG] | "d" >> beam.Map(lambda d: (d.seq, d.reason, d.payload_size > 0)),
+                    equal_to([(1, "unknown_frame_key", True)]), label="dlq")

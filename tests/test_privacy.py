@@ -245,3 +245,57 @@ def test_keyring_rejects_corruption(tmp_path) -> None:
         keys.Keyring.from_json(text)
     with pytest.raises(keys.KeyringError, match="no keyring"):
         keys.load_keyring(tmp_path / "missing")
+
+
+# --- sealing for auditors (X25519 + HKDF-SHA256 + AES-256-GCM) and the auditor key files --------------------
+
+
+def test_auditor_seal_opens_only_with_the_auditor_key_and_its_frame(tmp_path):
+    import os
+    import stat
+
+    from ledger import keys as keyring
+    from ledger.privacy import (DecryptionError, auditor_key_id, decisions_aad, open_for_auditor,
+                                seal_for_auditor)
+
+    keyring.init_auditor_key(tmp_path)
+    assert stat.S_IMODE(os.stat(tmp_path / keyring.AUDITOR_KEY_FILE).st_mode) == 0o600
+    pub, priv = keyring.load_auditor_public_key(tmp_path), keyring.load_auditor_private_key(tmp_path)
+    aad = decisions_aad("cam", 1, 2, b"\x01" * 32, b"\x02" * 32)
+    plain = b"identity=matched group=4 suspect=1 track=7"
+    sealed = seal_for_auditor(pub, plain, aad)
+    assert plain not in sealed and sealed[1:9] == auditor_key_id(pub)
+    assert sealed != seal_for_auditor(pub, plain, aad)  # fresh ephemeral key and nonce each time
+    assert open_for_auditor(priv, sealed, aad) == plain
+    other = tmp_path / "other"
+    keyring.init_auditor_key(other)
+    bad = [(keyring.load_auditor_private_key(other), sealed, aad),  # another auditor
+           (priv, sealed, decisions_aad("cam", 1, 3, b"\x01" * 32, b"\x02" * 32)),  # moved to another frame
+           (priv, sealed[:-1] + bytes([sealed[-1] ^ 1]), aad),  # tampered
+           (priv, sealed[:20], aad)]  # truncated
+    for key, box, data in bad:
+        with pytest.raises(DecryptionError):
+            open_for_auditor(key, box, data)
+    with pytest.raises(keyring.KeyringError, match="already exists"):
+        keyring.init_auditor_key(tmp_path)
+    os.chmod(tmp_path / keyring.AUDITOR_KEY_FILE, 0o644)
+    with pytest.raises(keyring.KeyringError, match="accessible by others"):
+        keyring.load_auditor_private_key(tmp_path)
+
+
+def test_camera_frame_keys_are_per_camera_and_private(tmp_path):
+    import os
+    import stat
+
+    from ledger import keys as keyring
+
+    kid_a, key_a = keyring.camera_frame_key("cam-a", tmp_path)
+    kid_b, key_b = keyring.camera_frame_key("cam-b", tmp_path)
+    assert kid_a != kid_b and key_a != key_b and len(key_a) == 32
+    assert keyring.camera_frame_key("cam-a", tmp_path) == (kid_a, key_a)  # stable once made
+    assert stat.S_IMODE(os.stat(keyring.frame_keys_path(tmp_path)).st_mode) == 0o600
+    with pytest.raises(keyring.KeyringError, match="no frame key"):
+        keyring.camera_frame_key("cam-c", tmp_path, create=False)
+    os.chmod(keyring.frame_keys_path(tmp_path), 0o640)
+    with pytest.raises(keyring.KeyringError, match="accessible by others"):
+        keyring.load_frame_keys(tmp_path)
