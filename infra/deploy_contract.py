@@ -50,6 +50,11 @@ PORTS: dict[str, int] = {
     "beam_worker_pool": 50000,
     "ledger_p2p": 26656,
     "ledger_api": 26657,
+    # /metrics, /healthz and /readyz of each long-running riskmask process (docs/operations.md).
+    "pipeline_metrics": 9400,
+    "exporter_metrics": 9401,
+    "ledger_metrics": 26660,
+    "flink_metrics": 9249,  # Flink's Prometheus reporter (JobManager and TaskManagers)
 }
 
 KAFKA_BOOTSTRAP = f"kafka:{PORTS['kafka']}"
@@ -79,9 +84,30 @@ LEDGER_COMPOSE_HOSTS = ("172.28.0.10", "172.28.0.11", "172.28.0.12", "172.28.0.1
 LEDGER_CONFIG = "/etc/riskmask/node.json"
 LEDGER_CLUSTER_DIR = "/etc/riskmask/cluster"
 
+# What the pipeline needs to recognise people and anchor audit blocks: the ledger's genesis and the pipeline's
+# client key (a ledger directory), and the privacy keyring (key-encryption keys). They reach every container
+# that runs pipeline code from one secret (Kubernetes Secret / compose secrets), never from the image.
+PIPELINE_LEDGER_DIR = "/etc/riskmask/pipeline/ledger"
+PIPELINE_KEYS_DIR = "/etc/riskmask/pipeline/keys"
+PIPELINE_SECRET = "riskmask-pipeline-keys"
+# secret item -> path inside the containers
+PIPELINE_SECRET_FILES: dict[str, str] = {
+    "genesis.json": f"{PIPELINE_LEDGER_DIR}/genesis.json",
+    "clients.json": f"{PIPELINE_LEDGER_DIR}/clients.json",
+    "pipeline.key": f"{PIPELINE_LEDGER_DIR}/keys/pipeline.key",
+    "keyring.json": f"{PIPELINE_KEYS_DIR}/keyring.json",
+}
+# Every model a documented flag can select (--detector yunet|centerface; SFace for recognition): the images
+# that run pipeline stages carry them all, verified by SHA-256 at build time.
+IMAGE_MODELS = ("yunet", "centerface", "sface")
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+GRAFANA_DASHBOARD = "infra/grafana/riskmask-dashboard.json"
+
 _PIPELINE_COMMON = ["--environment-type", "EXTERNAL", "--environment-config", WORKER_POOL,
                     "--checkpointing-interval", str(CHECKPOINT_INTERVAL_MS),
-                    "--bootstrap-servers", KAFKA_BOOTSTRAP, "--parallelism", str(PARALLELISM)]
+                    "--bootstrap-servers", KAFKA_BOOTSTRAP, "--parallelism", str(PARALLELISM),
+                    "--ledger-dir", PIPELINE_LEDGER_DIR, "--keys-dir", PIPELINE_KEYS_DIR, "--anchor-audit-blocks",
+                    "--metrics-port", str(PORTS["pipeline_metrics"])]
 
 # Every riskmask command line the deployment files run, by role.
 COMMANDS: dict[str, list[str]] = {
@@ -94,9 +120,11 @@ COMMANDS: dict[str, list[str]] = {
     "ledger_init": ["riskmask", "ledger", "init", "--validators", str(LEDGER_NODES), "--out", LEDGER_CLUSTER_DIR,
                     "--hosts", ",".join(LEDGER_COMPOSE_HOSTS), "--p2p-port", str(PORTS["ledger_p2p"]),
                     "--api-port", str(PORTS["ledger_api"])],
-    "ledger_node": ["riskmask", "ledger", "node", "--config", LEDGER_CONFIG],
+    "ledger_node": ["riskmask", "ledger", "node", "--config", LEDGER_CONFIG,
+                    "--metrics-port", str(PORTS["ledger_metrics"])],
     "ledger_export": ["riskmask", "ledger", "export", "--bootstrap-servers", KAFKA_BOOTSTRAP,
-                      "--topic", "ledger.blocks", "--ledger-dir", LEDGER_CLUSTER_DIR],
+                      "--topic", "ledger.blocks", "--ledger-dir", LEDGER_CLUSTER_DIR,
+                      "--metrics-port", str(PORTS["exporter_metrics"])],
     "producer": ["riskmask", "produce", "/media/camera.mp4", "--camera-id", "cam-0",
                  "--bootstrap-servers", KAFKA_BOOTSTRAP, "--topic", "frames.raw", "--loop"],
 }

@@ -10,9 +10,11 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from ledger.cluster import Cluster, ClusterError, default_dir, init_cluster
 from riskmask.errors import ServiceError, UserError
+from riskmask.health import add_metrics_options
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +51,15 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     dir_opt(q)
     q.set_defaults(func=_cmd_down)
 
-    q = lsub.add_parser("status", help="height, round, peers and last block time of every node")
+    q = lsub.add_parser("status", help="height, round, peers and last block time of every node",
+                        description="Print every node's state. Exits 3 when fewer than 2f+1 nodes answer (no "
+                                    "quorum: no block can be finalised), 0 otherwise.")
     dir_opt(q)
     q.set_defaults(func=_cmd_status)
 
     q = lsub.add_parser("node", help="run one node in the foreground")
     q.add_argument("--config", type=Path, required=True, help="node config file (nodeN.json)")
+    add_metrics_options(q, what="this node (height, round, peers, mempool, commit latency)")
     q.set_defaults(func=_cmd_node)
 
     try:
@@ -63,6 +68,31 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         logger.debug("registry commands unavailable: %s", exc)
     else:
         manager_cli.register_commands(sub)
+        _add_connect_timeout(sub)
+
+
+def _add_connect_timeout(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``--connect-timeout`` on ``audit verify`` and ``audit follow``: fail fast, in one line, when no Kafka
+    broker answers (the clients would otherwise wait ~30 s per attempt)."""
+    audit = sub.choices.get("audit")
+    actions = [a for a in (audit._actions if audit else []) if isinstance(a, argparse._SubParsersAction)]
+    for name in ("verify", "follow"):
+        q = actions[0].choices.get(name) if actions else None
+        if q is None:
+            continue
+        q.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="give up after this long when no Kafka broker answers (default 10)")
+        q.set_defaults(func=_with_broker_check(q.get_default("func")))
+
+
+def _with_broker_check(func):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        from ledger.exporter import _check_broker, resolve_bootstrap
+
+        _check_broker(resolve_bootstrap(getattr(args, "bootstrap", None)), args.connect_timeout)
+        return func(args)
+
+    return run
 
 
 def _dir(args: argparse.Namespace) -> Path:
@@ -110,10 +140,10 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_status(cluster: Cluster) -> str:
+def format_status(cluster: Cluster, states: Optional[list] = None) -> str:
     rows = [("node", "pid", "state", "height", "round", "peers", "last block")]
     now = time.time() * 1000
-    for st in cluster.status():
+    for st in (cluster.status() if states is None else states):
         if st.status is None:
             rows.append((f"node{st.index}", str(st.pid or "-"), "down" if not st.running else "no answer",
                          "-", "-", "-", "-"))
@@ -132,11 +162,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         cluster = Cluster(_dir(args))
     except ClusterError as exc:
         raise UserError(str(exc)) from None
-    print(format_status(cluster))
+    states = cluster.status()
+    print(format_status(cluster, states))
+    answering = sum(1 for st in states if st.status is not None)
+    quorum = 2 * ((cluster.n - 1) // 3) + 1
+    if answering < quorum:
+        raise ServiceError(f"only {answering} of {cluster.n} ledger nodes answer; a quorum needs {quorum}")
     return 0
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
     from ledger.node import run_node
 
-    return run_node(args.config)
+    return run_node(args.config, metrics_port=args.metrics_port, metrics_host=args.metrics_host)

@@ -308,6 +308,11 @@ def add_command(ledger_sub) -> None:
     p.add_argument("--key", type=Path, default=None, help="client key (default: <ledger-dir>/keys/auditor.key)")
     p.add_argument("--once", action="store_true", help="export what is finalized now, then exit")
     p.add_argument("--until", type=int, default=None, help="exit after exporting this height")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="give up after this long when no Kafka broker answers (default 10)")
+    from riskmask.health import add_metrics_options
+
+    add_metrics_options(p, what="the exporter (blocks exported, next height)")
     p.set_defaults(func=_cmd_export)
     del argparse
 
@@ -341,6 +346,12 @@ def _cmd_export(args) -> int:
     bootstrap = resolve_bootstrap(args.bootstrap)
     clients = [LedgerClient(v.api_address, seed) for v in genesis.validators]
     exp = Exporter(bootstrap, args.topic, clients, genesis.chain_id)
+    _check_broker(bootstrap, getattr(args, "connect_timeout", None))
+    server = None
+    if getattr(args, "metrics_port", None) is not None:
+        from ledger.metrics import start_exporter_metrics
+
+        server = start_exporter_metrics(exp, args.metrics_host, args.metrics_port)
     try:
         if args.once:
             exp.start()
@@ -351,5 +362,23 @@ def _cmd_export(args) -> int:
             exp.run(stop_at=args.until)
     except KeyboardInterrupt:
         exp.close()
+    finally:
+        if server is not None:
+            server.stop()
     print(f"exported {exp.exported} block(s) to {args.topic}; next height {exp.next_height}")
     return 0
+
+
+def _check_broker(bootstrap: str, timeout_s: Optional[float]) -> None:
+    """Fail within ``timeout_s`` with one line when no bootstrap server accepts a Kafka connection."""
+    if not timeout_s:
+        return
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    from riskmask.errors import ServiceError
+
+    try:
+        KafkaConsumer(bootstrap_servers=bootstrap, api_version_auto_timeout_ms=int(timeout_s * 1000)).close()
+    except KafkaError:
+        raise ServiceError(f"no Kafka broker answers at {bootstrap} within {timeout_s:g} s") from None

@@ -88,6 +88,25 @@ class RiskmaskOptions(PipelineOptions):
         parser.add_argument("--anchor_audit_blocks", action="store_true", default=False,
                             help="anchor each audit block's Merkle root on the ledger (needs --ledger_dir)")
 
+        # Operations (docs/operations.md): execution provider, Kafka security and timeouts, per-camera rules.
+        parser.add_argument("--execution_provider", default="cpu",
+                            help="onnxruntime execution provider of the detector and recogniser: cpu, cuda, tensorrt")
+        parser.add_argument("--kafka_security_protocol", default="PLAINTEXT",
+                            help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        parser.add_argument("--kafka_sasl_mechanism", default="PLAIN", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        parser.add_argument("--kafka_sasl_username", default=None, help="SASL user name")
+        parser.add_argument("--kafka_sasl_password_file", default=None,
+                            help="file holding the SASL password (read by each Kafka client when it starts)")
+        parser.add_argument("--kafka_ssl_cafile", default=None, help="CA bundle that signs the brokers' certificates")
+        parser.add_argument("--kafka_ssl_certfile", default=None, help="client certificate (mutual TLS)")
+        parser.add_argument("--kafka_ssl_keyfile", default=None, help="client private key (mutual TLS)")
+        parser.add_argument("--kafka_ssl_no_check_hostname", action="store_true", default=False,
+                            help="do not check the broker certificate's host name")
+        parser.add_argument("--connect_timeout_s", type=float, default=None,
+                            help="seconds to wait for a broker and topic metadata at start (default 30)")
+        parser.add_argument("--camera_rules", default=None,
+                            help="JSON list of per-camera rules (policy, privacy zones); see pipelines.config_file")
+
 def validate(options: PipelineOptions) -> RiskmaskOptions:
     """Check every option; raise OptionsError with one readable line on the first problem."""
     opts = options.view_as(RiskmaskOptions)
@@ -137,8 +156,29 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError("audit block records must be 1..100000 and audit block seconds in (0, 3600]")
     if opts.anchor_audit_blocks and not opts.ledger_dir:
         raise OptionsError("--anchor_audit_blocks needs --ledger_dir")
+    _validate_operations(opts)
     _validate_runner(options, opts)
     return opts
+
+
+def _validate_operations(opts: RiskmaskOptions) -> None:
+    """Execution provider, Kafka security and per-camera rules (each error one readable line)."""
+    from pipelines.config_file import CameraRuleError, parse_camera_rules
+    from pipelines.kafkaio.security import KafkaSettingsError, validate as validate_kafka
+    from pipelines.models.providers import PROVIDERS, ProviderError, ort_providers
+
+    provider = (opts.execution_provider or "cpu").lower()
+    if provider not in PROVIDERS:
+        raise OptionsError(f"unknown execution provider {opts.execution_provider!r}; choose one of "
+                           f"{', '.join(PROVIDERS)}")
+    try:
+        ort_providers(provider)
+        validate_kafka(opts)
+        for rule in parse_camera_rules(opts.camera_rules):
+            if rule.policy:
+                _check_policy(rule.policy)
+    except (KafkaSettingsError, ProviderError, CameraRuleError) as exc:
+        raise OptionsError(str(exc)) from None
 
 
 def _check_policy(name: str) -> None:

@@ -26,14 +26,59 @@ logger = logging.getLogger(__name__)
 RUNNERS = ("FnApiRunner", "DirectRunner", "PortableRunner", "FlinkRunner", "PrismRunner")
 
 
+# dest -> built-in default of every `riskmask run` setting a config file can also set. The parser's own
+# defaults are None so that "not given on the command line" can be told apart: the value is then taken from
+# the config file (--config), else from here.
+RUN_DEFAULTS: dict[str, Any] = {
+    "bootstrap_servers": DEFAULT_BOOTSTRAP, "raw_topic": DEFAULT_RAW_TOPIC, "redacted_topic": DEFAULT_REDACTED_TOPIC,
+    "dlq_topic": DEFAULT_DLQ_TOPIC, "audit_topic": DEFAULT_AUDIT_TOPIC, "group_id": DEFAULT_GROUP_ID,
+    "detector": "yunet", "detector_threshold": None, "policy": "default", "threads": 1, "detect_lookahead": None,
+    "execution_provider": "cpu", "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES,
+    "max_records_per_bundle": DEFAULT_MAX_RECORDS_PER_BUNDLE, "max_bundle_seconds": DEFAULT_MAX_BUNDLE_SECONDS,
+    "bounded": False, "runner": "FnApiRunner", "job_endpoint": None, "environment_type": None,
+    "environment_config": None, "checkpointing_interval": None, "parallelism": None, "ledger_dir": None,
+    "keys_dir": None, "match_threshold": None, "match_margin": None, "anchor_audit_blocks": False,
+    "progress_interval_s": None, "kafka_security_protocol": None, "kafka_sasl_mechanism": None,
+    "kafka_sasl_username": None, "kafka_sasl_password_file": None, "kafka_ssl_cafile": None,
+    "kafka_ssl_certfile": None, "kafka_ssl_keyfile": None, "kafka_ssl_check_hostname": True,
+    "connect_timeout": 10.0, "metrics_port": None, "metrics_host": "0.0.0.0",
+}
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every setting not given on the command line from ``--config`` (if any), then the defaults.
+
+    Idempotent. ``$RISKMASK_BOOTSTRAP`` counts as given on the command line."""
+    if getattr(args, "_resolved", False):
+        return args
+    from pipelines.config_file import load, rules_to_json
+
+    cfg = load(args.config) if getattr(args, "config", None) else None
+    if getattr(args, "bootstrap_servers", None) is None and os.environ.get("RISKMASK_BOOTSTRAP"):
+        args.bootstrap_servers = os.environ["RISKMASK_BOOTSTRAP"]
+    for dest, default in RUN_DEFAULTS.items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, cfg.values.get(dest, default) if cfg is not None else default)
+    args.camera_rules = rules_to_json(cfg.cameras) if cfg is not None and cfg.cameras else None
+    if cfg is not None:
+        logger.info("settings from %s (command-line flags override it)", cfg.path)
+    args._resolved = True
+    return args
+
+
 def pipeline_args(args: argparse.Namespace) -> list[str]:
-    """Beam flags from the ``riskmask run`` arguments."""
+    """Beam flags from the ``riskmask run`` arguments (after :func:`resolve_args`)."""
+    args = resolve_args(args)
+    if args.runner not in RUNNERS:
+        from pipelines.options import OptionsError
+
+        raise OptionsError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
     out = [f"--runner={args.runner}", f"--kafka_bootstrap_servers={args.bootstrap_servers}",
            f"--raw_topic={args.raw_topic}", f"--redacted_topic={args.redacted_topic}",
            f"--dlq_topic={args.dlq_topic}", f"--audit_topic={args.audit_topic}", f"--group_id={args.group_id}",
            f"--detector={args.detector}", f"--policy={args.policy}", f"--detector_threads={args.threads}",
            f"--max_frame_bytes={args.max_frame_bytes}", f"--max_records_per_bundle={args.max_records_per_bundle}",
-           f"--max_bundle_seconds={args.max_bundle_seconds}"]
+           f"--max_bundle_seconds={args.max_bundle_seconds}", f"--execution_provider={args.execution_provider}"]
     if args.detector_threshold is not None:
         out.append(f"--detector_threshold={args.detector_threshold}")
     if args.bounded:
@@ -41,10 +86,16 @@ def pipeline_args(args: argparse.Namespace) -> list[str]:
     for flag in ("job_endpoint", "environment_type", "environment_config", "checkpointing_interval",
                  "parallelism", "max_parallelism", "savepoint_path", "ledger_dir", "keys_dir",
                  "match_threshold", "match_margin", "audit_block_records", "audit_block_seconds",
-                 "progress_interval_s", "detect_lookahead"):
+                 "progress_interval_s", "detect_lookahead", "kafka_security_protocol", "kafka_sasl_mechanism",
+                 "kafka_sasl_username", "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile",
+                 "kafka_ssl_keyfile", "camera_rules"):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"--{flag}={value}")
+    if args.connect_timeout is not None:
+        out.append(f"--connect_timeout_s={args.connect_timeout}")
+    if args.kafka_ssl_check_hostname is False:
+        out.append("--kafka_ssl_no_check_hostname")
     if getattr(args, "anchor_audit_blocks", False):
         out.append("--anchor_audit_blocks")
     if args.runner in ("PortableRunner", "FlinkRunner") and not args.bounded:
@@ -54,11 +105,12 @@ def pipeline_args(args: argparse.Namespace) -> list[str]:
 
 
 def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], Any]] = None,
-                 metrics_out: Optional[str] = None) -> str:
+                 metrics_out: Optional[str] = None, health: Any = None) -> str:
     """Build and run the pipeline for Beam flags ``argv``; returns the final state (blocks until it ends).
 
     ``metrics_out``: when the run ends, write the stages' counters and timing distributions there as JSON
-    (see :func:`metrics_summary`)."""
+    (see :func:`metrics_summary`). ``health``: a :class:`pipelines.metrics.PipelineHealth` told when the
+    pipeline runs and when it ended."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -74,10 +126,24 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
                 "bounded" if opts.bounded else "streaming")
     p = beam.Pipeline(options=options)
 
-    build(p, opts, detector_factory=detector_factory, recognition=recognition_from_options(opts),
+    recognizer_factory = None
+    if (opts.execution_provider or "cpu").lower() != "cpu":
+        from pipelines.models.providers import RecognizerFactory
+
+        recognizer_factory = RecognizerFactory(opts.recognizer_threads, opts.execution_provider.lower())
+    build(p, opts, detector_factory=detector_factory,
+          recognition=recognition_from_options(opts, recognizer_factory=recognizer_factory),
           audit=audit_from_options(opts))
     result = p.run()
-    state = result.wait_until_finish()
+    if health is not None:
+        health.set_running(True)
+    try:
+        state = result.wait_until_finish()
+    finally:
+        if health is not None:
+            health.set_running(False)
+    if health is not None:
+        health.finished = str(state)
     try:
         summary = {"state": str(state), **metrics_summary(result)}
     except Exception as exc:  # a runner without metrics support: the run itself succeeded
@@ -135,34 +201,44 @@ def metrics_summary(result: Any) -> dict[str, Any]:
 
 
 def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``riskmask run``."""
+    """Add ``riskmask run``. Settings a config file can hold default to None here (see :data:`RUN_DEFAULTS`)."""
+    d = RUN_DEFAULTS
     p = sub.add_parser("run", help="run the de-identification pipeline (Kafka -> Beam -> Kafka)",
                        description="Read CameraFrame records, mask every face, write RedactedFrame records "
-                                   "(and DeadLetter records for anything that cannot be processed safely).")
-    p.add_argument("--bootstrap-servers", default=os.environ.get("RISKMASK_BOOTSTRAP", DEFAULT_BOOTSTRAP),
-                   help="Kafka bootstrap servers (default: $RISKMASK_BOOTSTRAP or %(default)s)")
-    p.add_argument("--raw-topic", default=DEFAULT_RAW_TOPIC, help="input topic (default: %(default)s)")
-    p.add_argument("--redacted-topic", default=DEFAULT_REDACTED_TOPIC, help="output topic (default: %(default)s)")
-    p.add_argument("--dlq-topic", default=DEFAULT_DLQ_TOPIC, help="dead-letter topic (default: %(default)s)")
-    p.add_argument("--audit-topic", default=DEFAULT_AUDIT_TOPIC, help="audit topic (default: %(default)s)")
-    p.add_argument("--group-id", default=DEFAULT_GROUP_ID,
-                   help="consumer group whose committed offsets are resumed (default: %(default)s)")
-    p.add_argument("--detector", default="yunet", help="face detector: yunet | centerface (default: %(default)s)")
-    p.add_argument("--detector-threshold", type=float, default=None, help="detector score threshold")
-    p.add_argument("--policy", default="default", help="policy name (default, paper) or a policy file path")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the detector (default 1)")
+                                   "(and DeadLetter records for anything that cannot be processed safely). "
+                                   "Settings come from the command line, then --config FILE, then defaults.")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="pipeline config file (TOML; docs/operations.md); command-line flags override it")
+    p.add_argument("--bootstrap-servers", default=None,
+                   help=f"Kafka bootstrap servers (default: $RISKMASK_BOOTSTRAP or {d['bootstrap_servers']})")
+    p.add_argument("--raw-topic", default=None, help=f"input topic (default: {d['raw_topic']})")
+    p.add_argument("--redacted-topic", default=None, help=f"output topic (default: {d['redacted_topic']})")
+    p.add_argument("--dlq-topic", default=None, help=f"dead-letter topic (default: {d['dlq_topic']})")
+    p.add_argument("--audit-topic", default=None, help=f"audit topic (default: {d['audit_topic']})")
+    p.add_argument("--group-id", default=None,
+                   help=f"consumer group whose committed offsets are resumed (default: {d['group_id']})")
+    p.add_argument("--detector", default=None, help="face detector: yunet | centerface (default: yunet)")
+    p.add_argument("--detector-threshold", type=float, default=None,
+                   help="detector score threshold (default: the model's own, kept low)")
+    p.add_argument("--execution-provider", default=None, choices=("cpu", "cuda", "tensorrt"),
+                   help="onnxruntime execution provider of the detector and recogniser (default: cpu; cuda and "
+                        "tensorrt need onnxruntime-gpu, and fail with a clear error without it)")
+    p.add_argument("--policy", default=None,
+                   help="policy name (default, paper) or a policy file path (default: default)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the detector (default 1)")
     p.add_argument("--detect-lookahead", dest="detect_lookahead", type=int, default=None, metavar="FRAMES",
                    help="frames detected ahead on a second thread while earlier ones are masked and written "
                         "(default 1; 0: all on one thread)")
-    p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
-                   help="records above this go to the DLQ as oversized (default: %(default)s)")
-    p.add_argument("--max-records-per-bundle", type=int, default=DEFAULT_MAX_RECORDS_PER_BUNDLE,
-                   help="records per source checkpoint; bounds bundle latency (default: %(default)s)")
-    p.add_argument("--max-bundle-seconds", type=float, default=DEFAULT_MAX_BUNDLE_SECONDS,
-                   help="seconds of reading per source checkpoint; bounds output latency (default: %(default)s)")
-    p.add_argument("--bounded", action="store_true",
+    p.add_argument("--max-frame-bytes", type=int, default=None,
+                   help=f"records above this go to the DLQ as oversized (default: {d['max_frame_bytes']})")
+    p.add_argument("--max-records-per-bundle", type=int, default=None,
+                   help=f"records per source checkpoint; bounds bundle latency (default: {d['max_records_per_bundle']})")
+    p.add_argument("--max-bundle-seconds", type=float, default=None,
+                   help=f"seconds of reading per source checkpoint; bounds output latency "
+                        f"(default: {d['max_bundle_seconds']})")
+    p.add_argument("--bounded", action="store_const", const=True, default=None,
                    help="process what is in the topic now, then stop (replays, tests)")
-    p.add_argument("--runner", default="FnApiRunner", choices=RUNNERS, help="Beam runner (default: %(default)s)")
+    p.add_argument("--runner", default=None, choices=RUNNERS, help="Beam runner (default: FnApiRunner)")
     # The underscore spellings below are Beam's; Flink's FlinkPortableClientEntryPoint appends
     # --job_endpoint=... to the driver command it runs.
     p.add_argument("--job-endpoint", "--job_endpoint", dest="job_endpoint", default=None,
@@ -178,6 +254,22 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                    help="Flink max parallelism")
     p.add_argument("--savepoint-path", "--savepoint_path", dest="savepoint_path", default=None,
                    help="Flink savepoint to restore")
+    kafka = p.add_argument_group("Kafka connection (docs/operations.md)")
+    kafka.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
+                       help="give up after this long when no broker answers or a topic is missing (default 10)")
+    kafka.add_argument("--kafka-security-protocol", default=None,
+                       choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+                       help="how clients talk to the brokers (default: PLAINTEXT)")
+    kafka.add_argument("--kafka-sasl-mechanism", default=None, choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+                       help="SASL mechanism (default: PLAIN)")
+    kafka.add_argument("--kafka-sasl-username", default=None, help="SASL user name")
+    kafka.add_argument("--kafka-sasl-password-file", default=None, metavar="FILE",
+                       help="file holding the SASL password (never pass a password on the command line)")
+    kafka.add_argument("--kafka-ssl-cafile", default=None, metavar="FILE", help="CA bundle of the brokers")
+    kafka.add_argument("--kafka-ssl-certfile", default=None, metavar="FILE", help="client certificate (mutual TLS)")
+    kafka.add_argument("--kafka-ssl-keyfile", default=None, metavar="FILE", help="client key (mutual TLS)")
+    kafka.add_argument("--kafka-no-check-hostname", dest="kafka_ssl_check_hostname", action="store_const",
+                       const=False, default=None, help="do not check the broker certificate's host name")
     rec = p.add_argument_group("recognition, risk lookup and audit (docs/recognition.md)")
     rec.add_argument("--ledger-dir", default=None,
                      help="ledger cluster directory (genesis, pipeline key); without it no one is recognised and "
@@ -186,14 +278,20 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     rec.add_argument("--match-threshold", type=float, default=None, help="SFace cosine for a match (default 0.50)")
     rec.add_argument("--match-margin", type=float, default=None, help="lead over the second subject (default 0.08)")
     rec.add_argument("--audit-block-records", type=int, default=None, help="records per audit block (default 250)")
-    rec.add_argument("--audit-block-seconds", type=float, default=None, help="capture seconds per audit block")
-    rec.add_argument("--anchor-audit-blocks", action="store_true",
+    rec.add_argument("--audit-block-seconds", type=float, default=None,
+                     help="capture seconds per audit block (default 10)")
+    rec.add_argument("--anchor-audit-blocks", action="store_const", const=True, default=None,
                      help="anchor each audit block's Merkle root on the ledger (needs --ledger-dir)")
-    p.add_argument("--progress-interval", dest="progress_interval_s", type=float, default=None, metavar="SECONDS",
-                   help="seconds between progress lines in the log: frames/s, faces, degraded frames, latency "
-                        "(default 30; 0: none)")
-    p.add_argument("--metrics-out", default=None, metavar="FILE",
-                   help="when the run ends (e.g. --bounded), write per-stage counters and timings as JSON here")
+    ops = p.add_argument_group("operations (docs/operations.md)")
+    ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve /metrics, /healthz and /readyz on this port (default: off; 0: any free port)")
+    ops.add_argument("--metrics-host", default=None, metavar="ADDR",
+                     help=f"address the metrics server binds (default: {d['metrics_host']})")
+    ops.add_argument("--progress-interval", dest="progress_interval_s", type=float, default=None, metavar="SECONDS",
+                     help="seconds between progress lines in the log: frames/s, faces, degraded frames, latency "
+                          "(default 30; 0: none)")
+    ops.add_argument("--metrics-out", default=None, metavar="FILE",
+                     help="when the run ends (e.g. --bounded), write per-stage counters and timings as JSON here")
     p.add_argument("--pipeline-arg", action="append", default=[], metavar="FLAG",
                    help="extra Beam pipeline flag, e.g. --pipeline-arg=--direct_num_workers=2 (repeatable)")
     p.set_defaults(func=_run_main)
@@ -221,15 +319,39 @@ def _run_main(args: argparse.Namespace) -> int:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # failures reach the user as one line
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     argv = pipeline_args(args)
+    health, server = _start_health(args)
     try:
-        state = run_pipeline(argv, metrics_out=getattr(args, "metrics_out", None))
+        state = run_pipeline(argv, metrics_out=getattr(args, "metrics_out", None), health=health)
     except Exception as exc:
         cause = _user_facing(exc)
         if cause is not None:
             raise cause from None
         raise
+    finally:
+        if server is not None:
+            server.stop()
+            health.probe.stop()
     logger.info("pipeline finished: %s", state)
     return 0 if state in ("DONE", "PipelineState.DONE") else 1
+
+
+def _start_health(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The metrics/health server of this run when ``--metrics-port`` (or the config file) asks for one."""
+    if args.metrics_port is None:
+        return None, None
+    from pipelines import metrics
+    from riskmask.health import HealthServer
+
+    health = metrics.PipelineHealth(metrics.BrokerProbe(args.bootstrap_servers))
+    health.probe.start()
+    server = HealthServer(metrics.REGISTRY, ready=health.ready, live=health.live, host=args.metrics_host,
+                          port=args.metrics_port)
+    try:
+        server.start()
+    except Exception:
+        health.probe.stop()
+        raise
+    return health, server
 
 
 def _user_facing(exc: BaseException) -> Optional[BaseException]:
@@ -246,4 +368,4 @@ def _user_facing(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
-__all__ = ["pipeline_args", "register_run", "run_pipeline"]
+__all__ = ["RUN_DEFAULTS", "pipeline_args", "register_run", "resolve_args", "run_pipeline"]

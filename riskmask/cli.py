@@ -15,6 +15,7 @@ from typing import Sequence
 
 from riskmask import __version__
 from riskmask.errors import ServiceError, UserError
+from riskmask.logjson import LOG_FORMATS, configure
 
 COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.cli", "infra.console.cli")
 
@@ -26,10 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"riskmask {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in logs")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help="log lines as text or as one JSON object per line (default: $RISKMASK_LOG_FORMAT "
+                             "or text)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _add_log_format(sub)
     return parser
+
+
+def _add_log_format(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Accept ``--log-format`` after any subcommand too (``riskmask run --log-format json``)."""
+    for p in {id(p): p for p in sub.choices.values()}.values():
+        if not any("--log-format" in a.option_strings for a in p._actions):
+            p.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS,
+                           help="text or json log lines (default: text)")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_log_format(action)
 
 
 
@@ -38,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(level, args.log_format)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

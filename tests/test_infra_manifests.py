@@ -391,7 +391,8 @@ def test_k8s_ledger_is_a_four_node_statefulset_with_volumes_and_a_quorum_safe_bu
     assert node["command"] == dc.COMMANDS["ledger_node"]
     assert {"name": "data", "mountPath": "/etc/riskmask/data"} in node["volumeMounts"]
     ports = {p["name"]: p["containerPort"] for p in node["ports"]}
-    assert ports == {"p2p": dc.PORTS["ledger_p2p"], "api": dc.PORTS["ledger_api"]}
+    assert ports == {"p2p": dc.PORTS["ledger_p2p"], "api": dc.PORTS["ledger_api"],
+                     "metrics": dc.PORTS["ledger_metrics"]}
     svc = _k8s("Service", "ledger")["spec"]
     assert svc["clusterIP"] == "None"
     assert {p["name"]: p["port"] for p in svc["ports"]} == ports
@@ -447,3 +448,133 @@ def test_the_riskmask_cli_accepts_each_deployed_command(name: str) -> None:
         pytest.fail(f"`{shlex.join(argv)}` is rejected by riskmask's parser (exit {exc.code}): {reason[0]}",
                     pytrace=False)
     assert callable(getattr(args, "func", None)), f"{name}: no handler set for `{shlex.join(argv)}`"
+
+
+# ---------------------------------------------------------------- the deployed product masks by risk
+
+
+def test_every_deployed_pipeline_recognises_people_and_anchors_audit_blocks() -> None:
+    """Without --ledger-dir and keys every face gets the strongest mask and nothing is anchored."""
+    cmds = _pipeline_commands()
+    assert len(cmds) == 2
+    for where, argv in cmds:
+        assert "--ledger-dir" in argv, f"{where}: no --ledger-dir, nobody is ever recognised"
+        assert _flag(argv, "--ledger-dir") == dc.PIPELINE_LEDGER_DIR, where
+        assert _flag(argv, "--keys-dir") == dc.PIPELINE_KEYS_DIR, where
+        assert "--anchor-audit-blocks" in argv, f"{where}: audit blocks are not anchored on the ledger"
+        assert int(_flag(argv, "--metrics-port")) == dc.PORTS["pipeline_metrics"], where
+
+
+def _compose_secret_targets(service: str) -> dict[str, str]:
+    out = {}
+    for s in _services()[service].get("secrets", []):
+        assert isinstance(s, dict), f"{service}: secret {s!r} needs an explicit target"
+        out[s["source"]] = s["target"]
+    return out
+
+
+def test_pipeline_keys_reach_every_pipeline_container_from_a_secret() -> None:
+    top = _compose().get("secrets", {})
+    for name, svc in (("pipeline", "pipeline"), ("beam-worker-pool", "beam-worker-pool")):
+        targets = _compose_secret_targets(svc)
+        assert set(targets.values()) == set(dc.PIPELINE_SECRET_FILES.values()), f"compose/{name}"
+        for source in targets:
+            assert source in top and top[source]["file"].startswith("./ledger-cluster/"), source
+        assert not any(".key" in v or "keyring" in v for v in _services()[svc].get("volumes", [])), \
+            f"compose/{name} mounts key files outside the secrets"
+    secret_users = []
+    for where, spec in _pod_specs():
+        vols = [v["secret"] for v in spec.get("volumes", []) if v.get("secret", {}).get("secretName")
+                == dc.PIPELINE_SECRET]
+        if vols:
+            secret_users.append(where)
+            assert {i["key"] for i in vols[0]["items"]} == set(dc.PIPELINE_SECRET_FILES), where
+            # Key files must be 0600 and owned by the reader: an init container copies them from the Secret.
+            init = " ".join(str(x) for c in spec.get("initContainers", []) for x in c.get("command", []))
+            for item, path in dc.PIPELINE_SECRET_FILES.items():
+                assert f"/pipeline-secret/{item} {path}" in init, (where, item)
+                if item.endswith(".key") or item == "keyring.json":
+                    assert f"chmod 600 {path}" in init, (where, item)
+    assert sorted(secret_users) == ["FlinkDeployment/riskmask-pipeline/jobManager",
+                                    "FlinkDeployment/riskmask-pipeline/taskManager"]
+    for where, c in _containers():
+        if where.endswith(("jobManager/flink-main-container", "taskManager/beam-worker-pool")):
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/etc/riskmask/pipeline" in mounts, where
+
+
+def _fetched_models(dockerfile: Path) -> set[str]:
+    text = dockerfile.read_text(encoding="utf-8")
+    return set(re.findall(r"fetch\('([a-z0-9_]+)'\)", text))
+
+
+def test_images_that_run_stages_carry_every_selectable_model() -> None:
+    from pipelines.models.fetch import MODELS
+    from pipelines.options import DETECTORS
+
+    assert set(dc.IMAGE_MODELS) == set(DETECTORS) | {"sface"}
+    assert set(dc.IMAGE_MODELS) <= set(MODELS)
+    for name in ("Dockerfile", "Dockerfile.worker"):
+        assert _fetched_models(DOCKER_DIR / name) == set(dc.IMAGE_MODELS), name
+
+
+def _http_probe(c: dict[str, Any], kind: str) -> dict[str, Any]:
+    probe = c.get(kind) or {}
+    assert "httpGet" in probe, f"{c['name']}: {kind} is not an HTTP health check: {probe}"
+    return probe["httpGet"]
+
+
+def _scrape(meta: dict[str, Any]) -> tuple[str, int, str]:
+    ann = meta.get("annotations") or {}
+    return ann.get("prometheus.io/scrape"), int(ann.get("prometheus.io/port", 0)), ann.get("prometheus.io/path")
+
+
+def test_k8s_probes_use_health_endpoints_and_pods_are_scraped() -> None:
+    for kind, name, container, port_key, cmd_key in (
+            ("StatefulSet", "ledger", "node", "ledger_metrics", "ledger_node"),
+            ("Deployment", "ledger-exporter", "exporter", "exporter_metrics", "ledger_export")):
+        tpl = _k8s(kind, name)["spec"]["template"]
+        c = next(x for x in tpl["spec"]["containers"] if x["name"] == container)
+        port = dc.PORTS[port_key]
+        assert int(_flag(c["command"], "--metrics-port")) == port and c["command"] == dc.COMMANDS[cmd_key]
+        assert {"name": "metrics", "containerPort": port} in c["ports"], name
+        ready, live = _http_probe(c, "readinessProbe"), _http_probe(c, "livenessProbe")
+        assert (ready["path"], ready["port"]) == ("/readyz", "metrics"), name
+        assert (live["path"], live["port"]) == ("/healthz", "metrics"), name
+        assert _scrape(tpl["metadata"]) == ("true", port, "/metrics"), name
+    flink = _flink()["spec"]
+    conf = flink["flinkConfiguration"]
+    assert conf["metrics.reporter.prom.factory.class"] == dc.PROMETHEUS_REPORTER
+    assert int(conf["metrics.reporter.prom.port"]) == dc.PORTS["flink_metrics"]
+    for part in ("jobManager", "taskManager"):
+        meta = flink[part]["podTemplate"].get("metadata", {})
+        assert _scrape(meta) == ("true", dc.PORTS["flink_metrics"], "/metrics"), part
+
+
+def test_compose_health_checks_and_flink_metrics() -> None:
+    svcs = _services()
+    for name, port in ([(f"ledger-{i}", dc.PORTS["ledger_metrics"]) for i in range(dc.LEDGER_NODES)]
+                       + [("ledger-exporter", dc.PORTS["exporter_metrics"]),
+                          ("pipeline", dc.PORTS["pipeline_metrics"])]):
+        test = " ".join(svcs[name]["healthcheck"]["test"])
+        assert f"http://localhost:{port}/readyz" in test, name
+    for svc in ("jobmanager", "taskmanager"):
+        props = _flink_properties(svc)
+        assert props["metrics.reporter.prom.factory.class"] == dc.PROMETHEUS_REPORTER, svc
+        assert int(props["metrics.reporter.prom.port"]) == dc.PORTS["flink_metrics"], svc
+
+
+def test_grafana_dashboard_plots_only_metrics_the_code_exports() -> None:
+    import json
+
+    from ledger import metrics as ledger_metrics
+    from pipelines import metrics as pipeline_metrics
+
+    exported = pipeline_metrics.metric_names() | ledger_metrics.metric_names()
+    dash = json.loads((ROOT / dc.GRAFANA_DASHBOARD).read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 10
+    used = {m for e in exprs for m in re.findall(r"\b(riskmask_[a-z_]+?)(?:_bucket|_count|_sum)?\b", e)}
+    assert used and used <= exported, f"dashboard plots unknown metrics: {sorted(used - exported)}"
+    for must in ("riskmask_frames_in_total", "riskmask_consumer_lag", "riskmask_ledger_height"):
+        assert must in used, must

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 class _WriteFn(beam.DoFn):
     def __init__(self, bootstrap_servers: str, topic: str, max_request_bytes: int,
-                 producer_config: tuple[tuple[str, Any], ...]) -> None:
+                 producer_config: tuple[tuple[str, Any], ...], output: str = "", dlq_stage: str = "") -> None:
+        self._output, self._dlq_stage = output or topic, dlq_stage
         self._bootstrap = bootstrap_servers
         self._topic = topic
         self._max_request_bytes = max_request_bytes
@@ -35,12 +36,14 @@ class _WriteFn(beam.DoFn):
     def setup(self) -> None:
         from kafka import KafkaProducer
 
+        from pipelines.kafkaio.security import resolve
+
         kwargs: dict[str, Any] = dict(
             bootstrap_servers=[s.strip() for s in self._bootstrap.split(",") if s.strip()],
             acks="all", enable_idempotence=True, max_request_size=self._max_request_bytes,
             linger_ms=2, request_timeout_ms=30_000, retries=2**31 - 1, delivery_timeout_ms=120_000,
             client_id="riskmask-sink")
-        kwargs.update(dict(self._producer_config))
+        kwargs.update(resolve(dict(self._producer_config)))
         self._producer = KafkaProducer(**kwargs)
 
     def start_bundle(self) -> None:
@@ -68,6 +71,9 @@ class _WriteFn(beam.DoFn):
             raise SendFailedError(f"{len(failed) + len(pending)} of {n} records to {self._topic!r} not written: "
                                   f"{first}")
         logger.debug("flushed %d records to %s", n, self._topic)
+        from pipelines import metrics
+
+        metrics.record_written(self._output, n, self._dlq_stage or None)
 
     def teardown(self) -> None:
         if self._producer is not None:
@@ -82,10 +88,13 @@ class WriteToKafka(beam.PTransform):
     """Write a PCollection of :class:`OutboundMessage` to ``topic``; at-least-once, idempotent producer."""
 
     def __init__(self, bootstrap_servers: str, topic: str, max_request_bytes: int = 16 * 1024 * 1024,
-                 producer_config: Optional[dict[str, Any]] = None) -> None:
+                 producer_config: Optional[dict[str, Any]] = None, output: str = "",
+                 dlq_stage: str = "") -> None:
+        """``output`` names this sink in /metrics (default: the topic); ``dlq_stage`` marks a dead-letter sink
+        and the stage whose refusals it writes."""
         super().__init__()
         self._fn = _WriteFn(bootstrap_servers, topic, max_request_bytes,
-                            tuple(sorted((producer_config or {}).items())))
+                            tuple(sorted((producer_config or {}).items())), output, dlq_stage)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | "Write" >> beam.ParDo(self._fn)

@@ -72,23 +72,32 @@ class SourceConfig:
 def _consumer(config: SourceConfig, group_id: Optional[str]):
     from kafka import KafkaConsumer
 
+    from pipelines.kafkaio.security import resolve
+
     kwargs: dict[str, Any] = dict(
         bootstrap_servers=[s.strip() for s in config.bootstrap_servers.split(",") if s.strip()],
         group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
         fetch_max_bytes=config.max_fetch_bytes, max_partition_fetch_bytes=config.max_fetch_bytes,
         request_timeout_ms=30_000, reconnect_backoff_max_ms=1000, client_id="riskmask-source")
-    kwargs.update(dict(config.consumer_config))
+    kwargs.update(resolve(dict(config.consumer_config)))
     return KafkaConsumer(**kwargs)
 
 
 def discover_partitions(config: SourceConfig, topics: Sequence[str], bounded: bool = False,
-                        timeout_s: float = 30.0) -> list[PartitionSpec]:
+                        timeout_s: Optional[float] = None) -> list[PartitionSpec]:
     """One spec per partition of ``topics``, starting at the group's committed offset (else the earliest).
 
     Bounded: each spec stops at the partition's end offset now, so a replay reads exactly what is there.
+    ``timeout_s`` (default: the connect timeout in the consumer settings, else 30 s) bounds the wait for a
+    broker and for topic metadata.
     """
     from kafka.errors import KafkaError
     from kafka.structs import TopicPartition
+
+    from pipelines.kafkaio.security import connect_timeout_s
+
+    if timeout_s is None:
+        timeout_s = connect_timeout_s(dict(config.consumer_config))
 
     try:
         consumer = _consumer(config, config.group_id)
@@ -99,7 +108,8 @@ def discover_partitions(config: SourceConfig, topics: Sequence[str], bounded: bo
         for topic in topics:
             parts = _partitions(consumer, topic, timeout_s)
             if not parts:
-                raise TopicMissingError(f"topic {topic!r} does not exist at {config.bootstrap_servers}")
+                raise TopicMissingError(f"topic {topic!r} does not exist at {config.bootstrap_servers} (or no "
+                                        f"broker answered within {timeout_s:g} s)")
             tps.extend(TopicPartition(topic, p) for p in sorted(parts))
         begin = consumer.beginning_offsets(tps)
         end = _end_offsets(config, tps, begin, timeout_s) if bounded else {}
@@ -255,6 +265,7 @@ class _ReadPartitionsBase(beam.DoFn):
                 batch = reader.poll(timeout_ms=int(cfg.poll_timeout_s * 1000),
                                     max_records=cfg.max_records_per_call - emitted)
                 records = batch.get(tp, [])
+                _report_lag(reader, tp, records)
                 if not records:
                     if rng.stop != UNBOUNDED_STOP:
                         self._next[key] = max(self._next[key], reader.position(tp))
@@ -289,6 +300,20 @@ class _CommitCallback:
 
     def __call__(self) -> None:
         self.fn._commit(self.topic, self.partition, self.next_offset)
+
+
+def _report_lag(reader: Any, tp: Any, records: list[Any]) -> None:
+    """Consumer lag of ``tp`` for /metrics: the partition's high watermark minus the next offset to read."""
+    try:
+        high = reader.highwater(tp)
+        if high is None:
+            return
+        nxt = records[-1].offset + 1 if records else reader.position(tp)
+        from pipelines import metrics
+
+        metrics.set_lag(tp.topic, tp.partition, int(high) - int(nxt))
+    except Exception:  # metrics never stop the reader
+        logger.debug("lag report failed", exc_info=True)
 
 
 def _advance(estimator: Any, ts: Timestamp) -> None:

@@ -31,11 +31,12 @@ class FaceRecognizer:
 
     model_id = "sface-2021dec"
 
-    def __init__(self, path: str | os.PathLike[str], threads: int = 1, batch_size: int = 16) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int = 1, batch_size: int = 16,
+                 providers: Sequence[str] | None = None) -> None:
         with open(path, "rb") as fh:
             model = fh.read()
         # The file declares batch 1; a symbolic batch dimension lets one run embed many faces.
-        self._session = make_session(set_io_dims(model, {"data": ["N", 3, 112, 112]}), threads)
+        self._session = make_session(set_io_dims(model, {"data": ["N", 3, 112, 112]}), threads, providers)
         self._input = self._session.get_inputs()[0].name
         self._batch = max(1, int(batch_size))
 
@@ -59,8 +60,12 @@ class FaceRecognizer:
 
 
 def load_recognizer(threads: int = 1, model_dir: str | os.PathLike[str] | None = None,
-                    model_file: str | os.PathLike[str] | None = None) -> FaceRecognizer:
-    """Verified SFace model (fetched on first use) wrapped as a :class:`FaceRecognizer`."""
-    rec = FaceRecognizer(model_path("sface", cache_dir=model_dir, path=model_file), threads=threads)
+                    model_file: str | os.PathLike[str] | None = None, provider: str = "cpu") -> FaceRecognizer:
+    """Verified SFace model (fetched on first use) wrapped as a :class:`FaceRecognizer`, on the onnxruntime
+    execution provider ``provider`` (cpu, cuda, tensorrt; see pipelines.models.providers)."""
+    from pipelines.models.providers import ort_providers
+
+    rec = FaceRecognizer(model_path("sface", cache_dir=model_dir, path=model_file), threads=threads,
+                         providers=ort_providers(provider))
     logger.info("recogniser %s loaded (%d thread(s))", rec.model_id, threads)
     return rec

@@ -6,13 +6,17 @@ detection when recognition does not run, an unknown, ambiguous or stale identity
 unknown person and gets the policy's strongest mask: the fail-closed rule. A degraded frame (detection
 failed) and any masking failure mask the whole frame and set ``degraded``. The input image is never
 modified: the stage masks a copy.
+
+Per-camera rules (pipelines.config_file, ``[[camera]]`` in the config file): the first rule whose glob matches
+the camera id may replace the policy, and carries privacy zones: a ``mask`` zone is always masked (strongest,
+whatever was detected), an ``ignore`` zone is never searched (faces centred in it are left as they are).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -80,20 +84,69 @@ def mask_frame(policy: Any, frame: FrameContext) -> FrameContext:
                          degraded_reason=reason)
 
 
+def without_ignored(frame: FrameContext, zones: Sequence[Any]) -> FrameContext:
+    """The frame without the detections centred in an ``ignore`` zone (never searched)."""
+    ignore = [z for z in zones if z.action == "ignore"]
+    if not ignore or frame.degraded:
+        return frame
+    kept = tuple(d for d in frame.detections
+                 if not any(z.contains(d.x + d.w / 2, d.y + d.h / 2, frame.width, frame.height) for z in ignore))
+    return frame.replace(detections=kept) if len(kept) != len(frame.detections) else frame
+
+
+def mask_zones(image, zones: Sequence[Any]) -> None:
+    """Mask every ``mask`` zone of ``image`` in place at the whole-frame strength."""
+    import cv2
+    import numpy as np
+
+    from pipelines.masking import mask_whole_frame
+
+    h, w = image.shape[:2]
+    for zone in zones:
+        if zone.action != "mask":
+            continue
+        pts = np.asarray(zone.points(w, h), np.int32)
+        x0, y0 = max(0, int(pts[:, 0].min())), max(0, int(pts[:, 1].min()))
+        x1, y1 = min(w, int(pts[:, 0].max()) + 1), min(h, int(pts[:, 1].max()) + 1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        roi = image[y0:y1, x0:x1]
+        masked = roi.copy()
+        mask_whole_frame(masked)
+        inside = np.zeros(roi.shape[:2], np.uint8)
+        cv2.fillPoly(inside, [pts - np.array([x0, y0], np.int32)], 255)
+        roi[inside > 0] = masked[inside > 0]
+
+
 class _MaskFn(beam.DoFn):
-    def __init__(self, policy: str) -> None:
+    def __init__(self, policy: str, camera_rules: Sequence[Any] = ()) -> None:
         self._policy_name = policy
         self._policy: Any = None
+        self._rules = tuple(camera_rules)
+        self._policies: dict[str, Any] = {}
         self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def setup(self) -> None:
         from pipelines.policy import Policy
 
         self._policy = Policy.load(self._policy_name)
+        self._policies = {r.policy: Policy.load(r.policy) for r in self._rules if r.policy}
+
+    def _rule(self, camera_id: str) -> Optional[Any]:
+        from pipelines.config_file import rule_for
+
+        return rule_for(self._rules, camera_id) if self._rules else None
 
     def process(self, frame: FrameContext) -> Iterator[FrameContext]:
         start = time.perf_counter()
-        out = mask_frame(self._policy, frame)
+        rule = self._rule(frame.camera_id)
+        if rule is None:
+            out = mask_frame(self._policy, frame)
+        else:
+            policy = self._policies.get(rule.policy, self._policy) if rule.policy else self._policy
+            out = mask_frame(policy, without_ignored(frame, rule.zones))
+            if not out.degraded:
+                mask_zones(out.image, rule.zones)
         self._latency.update(int((time.perf_counter() - start) * 1e6))
         yield out
 
@@ -101,9 +154,10 @@ class _MaskFn(beam.DoFn):
 class MaskFaces(beam.PTransform):
     """FrameContext (with detections) -> FrameContext with a masked image, ``faces`` and ``policy_id``."""
 
-    def __init__(self, policy: str = "default") -> None:
+    def __init__(self, policy: str = "default", camera_rules: Sequence[Any] = ()) -> None:
+        """``camera_rules``: :class:`pipelines.config_file.CameraRule` (per-camera policy and privacy zones)."""
         super().__init__()
-        self._fn = _MaskFn(policy)
+        self._fn = _MaskFn(policy, camera_rules)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | "Mask" >> beam.ParDo(self._fn)
