@@ -337,6 +337,9 @@ class LedgerNode(BlockSync, NodeView):
             self._io, self.store.save_block, h, block.hash(), block.header.timestamp_ms, block.encode(),
             cert.encode(), hashes)
         self._last_hash, self._last_time = block.hash(), block.header.timestamp_ms
+        observer = getattr(self, "commit_observer", None)  # ledger.metrics: commit latency
+        if observer is not None:
+            observer(h, block.header.timestamp_ms)
         self.mempool.remove(hashes)
         for ev in block.evidence:
             self.pending_evidence.pop(ev.encode(), None)
@@ -625,7 +628,7 @@ def p2p_host_port(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _serve(cfg: NodeConfig) -> int:
+async def _serve(cfg: NodeConfig, metrics_port: Optional[int] = None, metrics_host: str = "0.0.0.0") -> int:
     os.umask(0o077)  # data directories 0700, databases and everything else the node writes 0600
     node = LedgerNode(cfg)
     stop = asyncio.Event()
@@ -638,14 +641,26 @@ async def _serve(cfg: NodeConfig) -> int:
     except OSError as exc:
         await node.stop()
         raise ConfigError(f"node {cfg.index} cannot listen: {exc.strerror or exc}") from None
+    metrics = None
+    if metrics_port is not None:  # /metrics, /healthz, /readyz (ledger.metrics)
+        from ledger.metrics import start_node_metrics
+
+        try:
+            metrics = start_node_metrics(node, metrics_host, metrics_port)
+        except Exception as exc:
+            await node.stop()
+            raise ConfigError(f"node {cfg.index}: {exc}") from None
     await stop.wait()
     logger.info("node %d stopping", cfg.index)
+    if metrics is not None:
+        metrics.stop()
     await node.stop()
     return 1 if node.fatal else 0
 
 
-def run_node(config: Path) -> int:
-    """Run one node until SIGTERM/SIGINT; returns the process exit code."""
+def run_node(config: Path, metrics_port: Optional[int] = None, metrics_host: str = "0.0.0.0") -> int:
+    """Run one node until SIGTERM/SIGINT; returns the process exit code. ``metrics_port``: serve /metrics,
+    /healthz and /readyz there (ledger.metrics)."""
     try:
         cfg = NodeConfig.load(config)
     except ConfigError as exc:
@@ -660,10 +675,10 @@ def run_node(config: Path) -> int:
 
             prof = cProfile.Profile()
             try:
-                return prof.runcall(asyncio.run, _serve(cfg))
+                return prof.runcall(asyncio.run, _serve(cfg, metrics_port, metrics_host))
             finally:
                 prof.dump_stats(prof_out)
-        return asyncio.run(_serve(cfg))
+        return asyncio.run(_serve(cfg, metrics_port, metrics_host))
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
