@@ -31,6 +31,10 @@ class ConsoleProc:
     first_line: str
 
     @property
+    def login_url(self) -> str:
+        return f"{self.url}?token={self.token}"
+
+    @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1].strip("/"))
 
