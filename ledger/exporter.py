@@ -379,6 +379,6 @@ def _check_broker(bootstrap: str, timeout_s: Optional[float]) -> None:
     from riskmask.errors import ServiceError
 
     try:
-        KafkaConsumer(bootstrap_servers=bootstrap, api_version_auto_timeout_ms=int(timeout_s * 1000)).close()
+        KafkaConsumer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=int(timeout_s * 1000)).close()
     except KafkaError:
         raise ServiceError(f"no Kafka broker answers at {bootstrap} within {timeout_s:g} s") from None

@@ -47,9 +47,9 @@ def client_config(opts: Any) -> dict[str, Any]:
             out["ssl_check_hostname"] = False
     timeout = opt("connect_timeout_s")
     if timeout is not None and timeout > 0:
-        # kafka-python gives up waiting for the first broker answer after api_version_auto_timeout_ms; the
+        # kafka-python gives up waiting for the first broker answer after bootstrap_timeout_ms; the
         # source also bounds its metadata waits by it (connect_timeout_s below).
-        out["api_version_auto_timeout_ms"] = int(float(timeout) * 1000)
+        out["bootstrap_timeout_ms"] = int(float(timeout) * 1000)
     return out
 
 
@@ -98,7 +98,7 @@ def resolve(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def connect_timeout_s(kwargs: dict[str, Any]) -> float:
     """The connect timeout carried in client settings (seconds)."""
-    ms = kwargs.get("api_version_auto_timeout_ms")
+    ms = kwargs.get("bootstrap_timeout_ms")
     return ms / 1000.0 if ms else DEFAULT_CONNECT_TIMEOUT_S
 
 
