@@ -2,8 +2,9 @@
 
 :class:`LedgerVerifier` is fed :class:`schemas.messages.LedgerBlock` messages in topic order and checks, per
 block: the canonical header (decode -> encode byte-identical), chain id, contiguous heights from 1 (no gap,
-no reordering; an exact duplicate from an at-least-once export is skipped, a different block at a seen
-height is a fork), the block hash, the hash chain (height 1 links to the genesis hash), the validator-set
+no reordering; a second copy at a seen height is skipped only when its message is byte-identical to the
+verified one, as an at-least-once export writes it; any other block there is a fork or tampering), the block
+hash, the hash chain (height 1 links to the genesis hash), the validator-set
 hash, non-decreasing time, every transaction (canonical, hash, kind, signature), the RFC 6962 transaction
 root and count, and the commit certificate: at least 2f+1 distinct signers, each a genesis validator, all of
 one round, every precommit signature valid. Anchor transactions are decoded and indexed.
@@ -132,6 +133,7 @@ class LedgerVerifier:
         self.last_hash = self.genesis_hash
         self.last_time = 0
         self.hashes: dict[int, bytes] = {}
+        self.digests: dict[int, bytes] = {}  # height -> SHA-256 of the verified message's encoding
         self.anchors: dict[bytes, AnchorRecord] = {}
         self.report = AuditReport(chain_id=self.chain_id, roles_checked=0 if clients is not None else None)
 
@@ -164,16 +166,19 @@ class LedgerVerifier:
         if msg.chain_id != self.chain_id:
             raise self._fail(where, f"chain id {msg.chain_id!r} is not the genesis chain {self.chain_id!r}", h)
         if h in self.hashes and h <= self.height:
-            if self.hashes[h] == msg.block_hash and crypto.sha256(msg.header) == msg.block_hash:
+            if self.digests[h] == crypto.sha256(msg.to_bytes()):
                 self.report.duplicates += 1
                 return
+            if self.hashes[h] == msg.block_hash:
+                raise self._fail(where, f"a second copy of block {h} is not byte-identical to the verified one "
+                                        "(certificate, transactions or evidence differ)", h)
             raise self._fail(where, f"a different block at already verified height {h} (fork or tampering)", h)
         if h != self.height + 1:
             raise self._fail(where, f"expected height {self.height + 1} next, found {h} "
                                     f"({'gap: blocks missing' if h > self.height + 1 else 'out of order'})", h)
+        # The decoders accept only canonical bytes (decode(b).encode() == b for every accepted b, fuzzed in
+        # bench/fuzz_decoders.py): no separate re-encoding check, test_non_canonical_encodings_refused.
         header = BlockHeader.decode(msg.header)
-        if header.encode() != msg.header:
-            raise self._fail(where, "header encoding is not canonical", h)
         if crypto.sha256(msg.header) != msg.block_hash or header.hash() != msg.block_hash:
             raise self._fail(where, "block hash does not match the header", h)
         if header.chain_id != self.chain_id:
@@ -190,9 +195,7 @@ class LedgerVerifier:
         # transactions and their Merkle root
         bodies = []
         for i, ltx in enumerate(msg.txs):
-            tx = Transaction.decode(ltx.body)
-            if tx.encode() != ltx.body:
-                raise self._fail(where, f"tx {i} encoding is not canonical", h)
+            tx = Transaction.decode(ltx.body)  # canonical only (see the header above)
             if tx.hash() != ltx.tx_hash:
                 raise self._fail(where, f"tx {i} hash does not match its body", h)
             if kind_name(tx.kind) != ltx.kind:
@@ -222,6 +225,7 @@ class LedgerVerifier:
         # accepted
         self.height, self.last_hash, self.last_time = h, msg.block_hash, header.timestamp_ms
         self.hashes[h] = msg.block_hash
+        self.digests[h] = crypto.sha256(msg.to_bytes())
         r = self.report
         r.blocks += 1
         r.first_height = r.first_height or h
@@ -238,9 +242,7 @@ class LedgerVerifier:
 
         items = []
         for i, raw in enumerate(msg.evidence):
-            ev = Evidence.decode(raw)
-            if ev.encode() != raw:
-                raise self._fail(where, f"evidence {i} encoding is not canonical", h)
+            ev = Evidence.decode(raw)  # canonical only (see LedgerVerifier._feed)
             try:
                 ev.verify(self.chain_id, self.keys, self.verify_sig)
             except Exception as exc:  # ValidationError / SignatureError: a forged or malformed accusation
@@ -299,17 +301,19 @@ class AuditChainVerifier:
         self.block_hash_fn = block_hash_fn
         self.record_leaf_fn = record_leaf_fn or (lambda rec: rec.to_bytes())
         self.cameras: dict[str, tuple[int, bytes]] = {}
-        self.seen: dict[tuple[str, int], bytes] = {}
+        self.seen: dict[tuple[str, int], tuple[bytes, bytes]] = {}  # (camera, index) -> (hash, SHA-256 of message)
         self.count = self.anchored = self.unanchored = self.pending_refs = 0
 
     def feed(self, blk: AuditBlock, offset: Any = None) -> None:
-        from ledger import merkle
+        from ledger import crypto, merkle
 
         where = f"audit block {blk.camera_id}#{blk.index}" + (f" (offset {offset})" if offset is not None else "")
         key = (blk.camera_id, blk.index)
         if key in self.seen:
-            if self.seen[key] == blk.block_hash:
-                return  # at-least-once duplicate
+            if self.seen[key][1] == crypto.sha256(blk.to_bytes()):
+                return  # at-least-once duplicate: byte-identical
+            if self.seen[key][0] == blk.block_hash:
+                raise BlockInvalid(where, "a second copy of this audit block is not byte-identical to the verified one")
             raise BlockInvalid(where, "a different audit block at an already seen index")
         last = self.cameras.get(blk.camera_id)
         expect_index = 0 if last is None else last[0] + 1
@@ -347,7 +351,7 @@ class AuditChainVerifier:
         else:
             self.unanchored += 1
         self.cameras[blk.camera_id] = (blk.index, blk.block_hash)
-        self.seen[key] = blk.block_hash
+        self.seen[key] = (blk.block_hash, crypto.sha256(blk.to_bytes()))
         self.count += 1
 
 

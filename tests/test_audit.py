@@ -322,3 +322,155 @@ def test_evidence_is_carried_reverified_and_reported(net: Net) -> None:
     # An accusation forged with another key fails verification even when the header commits to it.
     forged = build_chain(net, evidence={3: [_double_vote(net, 1, 2, key=crypto.PrivateKey.generate())]})
     _failed_at(verify(net, forged), 3, "evidence 0 does not verify")
+
+
+def test_second_copy_at_a_height_must_be_byte_identical(net: Net) -> None:
+    """A forged copy of a verified block (same header and hash, a 1-signer certificate) is not a duplicate."""
+    chain = build_chain(net)
+    forged = dataclasses.replace(chain[2], commit=chain[2].commit[:1])
+    _failed_at(verify(net, chain[:3] + [forged] + chain[3:]), 3, "not byte-identical")
+    # same certificate, one transaction relabelled: still not the block that was verified
+    txs = list(chain[2].txs)
+    txs[0] = dataclasses.replace(txs[0], kind="erase")
+    _failed_at(verify(net, chain[:3] + [dataclasses.replace(chain[2], txs=tuple(txs))]), 3, "not byte-identical")
+    # the exact bytes again (an at-least-once export) are skipped
+    report = verify(net, chain[:3] + [LedgerBlock.from_bytes(chain[2].to_bytes())] + chain[3:])
+    assert report.ok and report.duplicates == 1, report.summary()
+
+
+# -- one test per check that nothing else above exercises (bench/audit_mutation.py: 0 survivors) ----------------
+
+
+def _with_header(net: Net, height: int, change: Callable[[BlockHeader], BlockHeader]) -> list[LedgerBlock]:
+    """A valid chain whose block ``height`` has a changed header, re-hashed and signed by the validators
+    (a colluding quorum, or a buggy node): only the header checks can catch it."""
+    chain = build_chain(net, header_hook=lambda h, hd: change(hd) if h == height else hd)
+    # the exported message keeps the stream's chain id and height (the header carries the changed ones)
+    chain[height - 1] = dataclasses.replace(chain[height - 1], chain_id=CHAIN, height=height)
+    return chain
+
+
+def test_signed_header_with_another_chain_id_detected(net: Net) -> None:
+    _failed_at(verify(net, _with_header(net, 2, lambda hd: dataclasses.replace(hd, chain_id="other-chain"))), 2,
+               "header chain id")
+
+
+def test_signed_header_with_another_height_detected(net: Net) -> None:
+    chain = build_chain(net)
+    header = dataclasses.replace(BlockHeader.decode(chain[3].header), height=40).encode()
+    block_hash = crypto.sha256(header)
+    # the precommits are for height 4 and this header's hash: only the header's own height is wrong
+    sigs = tuple(CommitSig(validator_index=s.validator, round=s.round, signature=s.signature)
+                 for s in _cert(net, 4, block_hash).sigs)
+    bad = dataclasses.replace(chain[3], header=header, block_hash=block_hash, commit=sigs)
+    _failed_at(verify(net, chain[:3] + [bad]), 4, "header height 40")
+
+
+def test_signed_header_with_another_validator_set_detected(net: Net) -> None:
+    _failed_at(verify(net, _with_header(net, 3, lambda hd: dataclasses.replace(hd, validators_hash=b"\x05" * 32))),
+               3, "validators hash")
+
+
+def test_block_time_going_backwards_detected(net: Net) -> None:
+    _failed_at(verify(net, _with_header(net, 4, lambda hd: dataclasses.replace(hd, timestamp_ms=1_700_000_000_000))),
+               4, "time goes backwards")
+
+
+def test_header_transaction_count_mismatch_detected(net: Net) -> None:
+    _failed_at(verify(net, _with_header(net, 5, lambda hd: dataclasses.replace(hd, num_txs=hd.num_txs + 1))), 5,
+               "header counts 3 txs")
+
+
+def test_mislabelled_transaction_kind_detected(net: Net) -> None:
+    chain = build_chain(net)
+    txs = list(chain[2].txs)
+    txs[0] = dataclasses.replace(txs[0], kind="anchor")  # a registration shown to readers as an anchor
+    _failed_at(verify(net, chain[:2] + [dataclasses.replace(chain[2], txs=tuple(txs))] + chain[3:]), 3,
+               "labelled 'anchor' but is 'register'")
+
+
+def test_certificate_mixing_rounds_detected(net: Net) -> None:
+    """Each precommit is validly signed, but for different rounds: no round had a quorum."""
+    chain = build_chain(net)
+    votes = [Vote.create(net.keys[v], CHAIN, PRECOMMIT, 3, r, chain[2].block_hash, v)
+             for v, r in ((0, 0), (1, 0), (2, 1))]
+    sigs = tuple(CommitSig(validator_index=v.validator, round=v.round, signature=v.signature) for v in votes)
+    _failed_at(verify(net, chain[:2] + [dataclasses.replace(chain[2], commit=sigs)] + chain[3:]), 3,
+               "mixes rounds")
+
+
+@pytest.mark.parametrize("part", ["header", "tx", "evidence"])
+def test_non_canonical_encodings_refused(net: Net, part: str) -> None:
+    """Bytes that are not the canonical encoding (here: one trailing byte) never verify, whichever part."""
+    chain = build_chain(net, evidence={3: [_double_vote(net, 2, 2)]})
+    msg = chain[2]
+    if part == "header":
+        bad = dataclasses.replace(msg, header=msg.header + b"\x00")
+    elif part == "tx":
+        bad = _replace_tx_body(msg, 0, msg.txs[0].body + b"\x00", rehash=True)
+    else:
+        bad = dataclasses.replace(msg, evidence=(msg.evidence[0] + b"\x00",))
+    report = verify(net, chain[:2] + [bad] + chain[3:])
+    assert not report.ok and report.failure.height == 3, report.summary()
+
+
+def test_duplicate_audit_block_tolerated_altered_copy_refused(net: Net) -> None:
+    ablocks, roots = _audit_chain(3)
+    chain = build_chain(net, 3, roots=roots)
+    report = verify(net, chain, ablocks[:2] + [ablocks[1]] + ablocks[2:])
+    assert report.ok and report.audit_blocks == 3, report.summary()
+    other = _audit_chain(2)[0][1]  # another valid block 1 of cam-1 (other records, other hash)
+    report = verify(net, chain, ablocks[:2] + [other] + ablocks[2:])
+    assert not report.ok and "different audit block at an already seen index" in str(report.failure)
+    # the same block hash with records swapped out: a copy must be byte-identical, not just share the hash
+    recs = list(ablocks[1].records)
+    recs[0] = dataclasses.replace(recs[0], policy_id="none")
+    forged = dataclasses.replace(ablocks[1], records=tuple(recs))
+    report = verify(net, chain, ablocks[:2] + [forged] + ablocks[2:])
+    assert not report.ok and "cam-1#1" in str(report.failure) and "not byte-identical" in str(report.failure)
+
+
+def _sealed(blk: AuditBlock, **changes: Any) -> AuditBlock:
+    """``blk`` with ``changes``, Merkle root and block hash recomputed (a consistent, re-sealed forgery)."""
+    b = dataclasses.replace(blk, **changes)
+    root = merkle.merkle_root([r.to_bytes() for r in b.records])
+    digest = audit_chain.block_hash(b.camera_id, b.index, b.prev_hash, b.window_start_us, b.window_end_us,
+                                    len(b.records), root)
+    return dataclasses.replace(b, merkle_root=root, block_hash=digest)
+
+
+def test_audit_block_window_ending_before_it_starts_detected(net: Net) -> None:
+    ablocks, _ = _audit_chain(1)
+    bad = _sealed(ablocks[0], window_start_us=ablocks[0].window_end_us + 10)
+    report = verify(net, build_chain(net, 2), [bad])
+    assert not report.ok and "window ends before it starts" in str(report.failure)
+
+
+def test_record_of_another_camera_in_an_audit_block_detected(net: Net) -> None:
+    ablocks, _ = _audit_chain(1)
+    recs = list(ablocks[0].records)
+    recs[2] = dataclasses.replace(recs[2], camera_id="cam-2")
+    report = verify(net, build_chain(net, 2), [_sealed(ablocks[0], records=tuple(recs))])
+    assert not report.ok and "record of another camera" in str(report.failure)
+
+
+def test_anchor_naming_another_audit_block_detected(net: Net) -> None:
+    """The ledger anchor matches the block's root and window but names another audit block hash."""
+    ablocks, roots = _audit_chain(3)
+    roots[2] = roots[2][:3] + (b"\x09" * 32,)
+    report = verify(net, build_chain(net, 3, roots=roots), ablocks)
+    assert not report.ok and "cam-1#1" in str(report.failure) and "index/hash differ" in str(report.failure)
+
+
+def test_verify_command_refuses_a_missing_ledger_topic(net: Net, kafka_bootstrap: str, tmp_path: Any) -> None:
+    import argparse
+
+    from riskmask.errors import UserError
+
+    import json
+
+    (tmp_path / "genesis.json").write_text(json.dumps(net.genesis.to_dict()))
+    args = argparse.Namespace(genesis=tmp_path / "genesis.json", clients=None, bootstrap=kafka_bootstrap,
+                              ledger_topic=f"absent-{os.urandom(6).hex()}", audit_topic="", json=False)
+    with pytest.raises(UserError, match="does not exist"):
+        audit._cmd_verify(args)
