@@ -197,6 +197,10 @@ def _register_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="produce the whole clip first, then replay it with `riskmask run --bounded` (measures "
                         "throughput; latency then includes the wait in frames.raw)")
     p.add_argument("--keep-stack", action="store_true", help="leave a stack the demo started running")
+    p.add_argument("--console", action="store_true", help="open `riskmask console` alongside the demo")
+    p.add_argument("--console-port", type=int, default=8765, help="console port (default 8765; 0 = any free)")
+    p.add_argument("--console-linger", type=float, default=None, metavar="SECONDS",
+                   help="with --console: keep it open this long after the last step (default: until Ctrl-C)")
     p.set_defaults(func=_demo)
 
 
@@ -211,7 +215,9 @@ def _demo(args: argparse.Namespace) -> int:
         for name in ("apache_beam", "infra", "ledger", "pipelines"):
             logging.getLogger(name).setLevel(logging.WARNING)  # the demo prints its own progress lines
     config = DemoConfig(out_dir=Path(args.out), root=Path(args.home) if args.home else None, frames=args.frames,
-                        size=args.size, fps=args.fps, keep_stack=args.keep_stack, bounded=args.bounded)
+                        size=args.size, fps=args.fps, keep_stack=args.keep_stack, bounded=args.bounded,
+                        console=args.console, console_port=args.console_port,
+                        console_linger_s=args.console_linger)
     summary = Demo(config, progress=lambda m: print(m, flush=True)).run()
     print()
     print(table(summary))

@@ -55,6 +55,9 @@ class DemoConfig:
     keep_stack: bool = False  # leave a stack the demo started running (like `riskmask up`)
     bounded: bool = False  # replay the clip with `riskmask run --bounded` instead of a live streaming run
     encrypt_frames: bool = True  # raw-frame encryption: frames.raw holds AES-GCM ciphertext, never a picture
+    console: bool = False  # open `riskmask console` on the stack alongside the demo
+    console_port: int = 8765
+    console_linger_s: Optional[float] = None  # keep the console open this long after the steps (None: Ctrl-C)
 
     def validate(self) -> None:
         if not 2 <= self.frames <= 5000:
@@ -109,6 +112,7 @@ class Demo:
         self.state = DemoState()
         self.steps: list[StepResult] = []
         self._proc: Optional[PipelineProcess] = None
+        self._console: Any = None
         self._stack = Stack(config.root)
         self._t0 = time.monotonic()
 
@@ -122,10 +126,16 @@ class Demo:
             ("pipeline", "running the pipeline on the clip", self.step_pipeline, False),
             ("audit", "exporting the ledger and running the auditor", self.step_audit, False),
         ]
+        if self.config.console:
+            plan.insert(2, ("console", "opening the console", self.step_console, False))
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             for i, (name, title, fn, required) in enumerate(plan, 1):
                 self._step(i, len(plan) + 1, name, title, fn, required)
+            if self._console is not None:
+                from infra.console.demo_hook import linger
+
+                linger(self._console, self.config.console_linger_s, self.progress)
         except KeyboardInterrupt:
             self.progress("interrupted: stopping everything the demo started")
             raise
@@ -164,6 +174,8 @@ class Demo:
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         try:
             self._stop_pipeline()
+            if self._console is not None:
+                self._console.stop()
             if self.state.owns_stack and not self.config.keep_stack:
                 self._stack.down(progress=lambda m: self.progress(f"      {m}"))
         finally:
@@ -201,6 +213,12 @@ class Demo:
                f"adopted the stack left running by demo pid {orphan} (it is stopped at the end)" if orphan else
                "started by the demo")
         return f"{how}: broker {info.bootstrap}, {len(info.api_addresses)} ledger nodes, state in {info.root}"
+
+    def step_console(self) -> str:
+        from infra.console.demo_hook import open_for_demo
+
+        self._console, detail = open_for_demo(self._need_stack(), self.config.console_port, self.progress)
+        return detail
 
     def step_register(self) -> str:
         from ledger import manager_cli, privacy
