@@ -61,6 +61,7 @@ class HttpError(Exception):
         self.status = status
         self.reason = reason
         self.close = close
+        self.unread = 0  # body bytes still to drain after answering
 
 
 @dataclass
@@ -344,8 +345,8 @@ class HttpServer:
                 req, close = await self._parse(head, reader)
             except HttpError as exc:
                 await self._send(writer, Response.json({"error": exc.reason}, exc.status), close=True)
-                if exc.status == 413:
-                    await self._discard(reader)
+                if exc.status == 413 or exc.unread:
+                    await self._discard(reader, exc.unread or 64 * 1024 * 1024)
                 return False
             except (ConnectionError, asyncio.IncompleteReadError):
                 raise
@@ -444,8 +445,8 @@ class HttpServer:
             if n and route is not None and self.pre_body is not None:
                 try:
                     self.pre_body(method, path, headers)  # refuse strangers before buffering their body
-                except HttpError:
-                    await self._discard(reader, n)  # read and drop, so the client sees the answer
+                except HttpError as exc:
+                    exc.unread = n  # answered first, then the body is read and dropped
                     raise
             try:
                 body = await asyncio.wait_for(reader.readexactly(n), BODY_TIMEOUT_S)

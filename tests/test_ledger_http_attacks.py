@@ -134,6 +134,8 @@ def test_thousand_idle_connections_do_not_stop_signed_clients(cluster):
                 lat.append(time.monotonic() - t0)
             c.submit(anchor_txs(cluster, 1)[0])
         lat.sort()
+        print(f"signed status calls during the attack: median {lat[len(lat) // 2] * 1000:.1f} ms, "
+              f"max {lat[-1] * 1000:.1f} ms")
         assert lat[len(lat) // 2] < 0.5 and lat[-1] < 3.0, lat
         time.sleep(1.0)
         held = sum(not _closed_by_peer(s) for s in conns)
@@ -163,6 +165,45 @@ def test_per_address_connection_cap(cluster):
     finally:
         for s in conns:
             s.close()
+
+
+def test_slow_request_head_is_cut_off(cluster):
+    """A connection that sends its request head one byte every second is closed within the 5 s budget for
+    the whole head (a per-read timeout would let it live forever)."""
+    hostport = cluster.genesis.validators[3].api_hostport
+    data = http_request("GET", "/v1/status", {"X-Pad": "a" * 100})
+    t0 = time.monotonic()
+    sent = 0
+    with socket.create_connection(hostport, timeout=20) as s:
+        try:
+            for b in data:
+                s.sendall(bytes([b]))
+                sent += 1
+                time.sleep(1.0)
+                if time.monotonic() - t0 > 30:
+                    break
+        except OSError:
+            pass
+    held = time.monotonic() - t0
+    print(f"slow head: {sent} bytes over {held:.1f} s before the node closed the connection")
+    assert held < 9.0, f"a byte-per-second request head was held {held:.1f} s"
+
+
+def test_stranger_cannot_make_the_node_wait_for_a_body(cluster):
+    """An unknown key declaring a large body is answered 401 from its headers alone, before any body byte."""
+    hostport = cluster.genesis.validators[3].api_hostport
+    nid = cluster.genesis.validators[3].public_key.hex()
+    h = {"X-Ledger-Key": os.urandom(32).hex(), "X-Ledger-Timestamp": str(int(time.time() * 1000)),
+         "X-Ledger-Nonce": os.urandom(16).hex(), "X-Ledger-Node": nid, "X-Ledger-Signature": "00" * 64}
+    head = http_request("POST", "/v1/txs", h).replace(b"Content-Length: 0", b"Content-Length: 500000")
+    t0 = time.monotonic()
+    with socket.create_connection(hostport, timeout=20) as s:
+        s.sendall(head.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
+        status, _, body = _read_response(s)
+    waited = time.monotonic() - t0
+    print(f"stranger with a declared 500 kB body: {status} after {waited:.2f} s: {body[:80]!r}")
+    assert status == 401 and b"unknown client key" in body, (status, body)
+    assert waited < 3.0
 
 
 def test_connection_closed_after_401_and_403(cluster):
