@@ -131,7 +131,7 @@ def test_encrypted_frame_decrypts_with_the_camera_key(image, tmp_path):
     from pipelines.transforms.decode import FrameKeySource
 
     plain, enc = _encrypted(image, tmp_path)
-    assert b"\xff\xd8" not in enc.image and cv2.imdecode(np.frombuffer(enc.image, np.uint8), 1) is None
+    assert not enc.image.startswith(b"\xff\xd8") and cv2.imdecode(np.frombuffer(enc.image, np.uint8), 1) is None
     ctx = decode_frame(record(enc.to_bytes()), MAX, keys=FrameKeySource(str(tmp_path)))
     assert ctx.raw_sha256 == hashlib.sha256(plain.image).digest() and ctx.raw_size == len(plain.image)
     assert ctx.image.shape == image.shape and ctx.seq == 3
@@ -172,3 +172,13 @@ def test_pipeline_sends_undecryptable_frames_to_dlq_without_pixels(image, tmp_pa
                     label="frames")
         assert_that(out[DLQ_TAG] | "d" >> beam.Map(lambda d: (d.seq, d.reason, d.payload_size > 0)),
                     equal_to([(1, "unknown_frame_key", True)]), label="dlq")
+
+
+def test_a_camera_added_while_running_is_decrypted(image, tmp_path):
+    from pipelines.transforms.decode import FrameKeySource
+
+    keys = FrameKeySource(str(tmp_path))
+    _, first = _encrypted(image, tmp_path, camera="cam-t")
+    assert decode_frame(record(first.to_bytes()), MAX, keys=keys).camera_id == "cam-t"
+    _, later = _encrypted(image, tmp_path, camera="cam-new")  # its key is made after the source read the file
+    assert decode_frame(record(later.to_bytes()), MAX, keys=keys).camera_id == "cam-new"

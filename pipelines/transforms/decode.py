@@ -9,8 +9,8 @@ A DeadLetter never carries pixels: only the SHA-256 and size of the record.
 
 Encrypted frames: when a CameraFrame carries ``image_key_id``, its image is AES-256-GCM under that camera's
 key (``ledger.privacy.encrypt_frame``; the associated data binds every other field of the frame). The keys
-come from the frame key file of the keys directory (``ledger.keys.load_frame_keys``), reloaded when a frame
-names a key not seen yet (a camera added while the pipeline runs), at most every few seconds.
+come from the frame key file of the keys directory (``ledger.keys.load_frame_keys``), read again when a frame
+names a key not seen yet and the file changed (a camera added while the pipeline runs).
 """
 
 from __future__ import annotations
@@ -79,31 +79,46 @@ def image_size(data: bytes) -> Optional[tuple[int, int]]:
 
 
 class FrameKeySource:
-    """Per-camera frame keys by key id, read lazily from a keys directory (None: the default one) and reloaded
-    for an unknown key id at most every ``reload_s`` seconds. Picklable: keys are read inside the worker."""
+    """Per-camera frame keys by key id, read lazily from a keys directory (None: the default one) and read again
+    when a frame names an unknown key id and the key file changed since (a camera added while the pipeline
+    runs). Picklable: keys are read inside the worker."""
 
-    def __init__(self, keys_dir: Optional[str] = None, reload_s: float = 2.0) -> None:
+    def __init__(self, keys_dir: Optional[str] = None) -> None:
         self.keys_dir = keys_dir
-        self.reload_s = reload_s
         self._keys: Optional[dict[bytes, bytes]] = None
-        self._loaded_at = 0.0
+        self._stamp: Optional[tuple[int, int]] = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_keys": None, "_loaded_at": 0.0}
+        return {**self.__dict__, "_keys": None, "_stamp": None}
+
+    def _file_stamp(self) -> Optional[tuple[int, int]]:
+        from pathlib import Path
+
+        from ledger.keys import frame_keys_path
+
+        try:
+            st = frame_keys_path(Path(self.keys_dir) if self.keys_dir else None).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
     def get(self, kid: bytes) -> Optional[bytes]:
-        if self._keys is None or (kid not in self._keys and time.monotonic() - self._loaded_at >= self.reload_s):
+        kid = bytes(kid)
+        if self._keys is not None and kid in self._keys:
+            return self._keys[kid]
+        stamp = self._file_stamp()
+        if self._keys is None or stamp != self._stamp:
             from pathlib import Path
 
             from ledger.keys import KeyringError, load_frame_keys
 
-            self._loaded_at = time.monotonic()
             try:
                 self._keys = dict(load_frame_keys(Path(self.keys_dir) if self.keys_dir else None).keys)
+                self._stamp = stamp
             except KeyringError as exc:
                 logger.warning("cannot read the frame keys: %s", exc)
                 self._keys = self._keys or {}
-        return self._keys.get(bytes(kid))
+        return self._keys.get(kid)
 
 
 def decrypt_image(frame: CameraFrame, keys: Optional[FrameKeySource]) -> bytes:
