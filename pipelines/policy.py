@@ -16,6 +16,7 @@ Fail closed: an unknown subject (risk None) gets the strongest level; an unknown
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
@@ -188,6 +189,42 @@ class Policy:
             for who, flag in (("suspect", True), ("non_suspect", False)):
                 out[f"group{g['group']}_{who}"] = _as_dict(self.decide(100, 100, risk, flag))
         return out
+
+
+def spec_digest(policy: Policy) -> str:
+    """SHA-256 of the policy's JSON spec (canonical form) plus its mode: ties a calibration to one policy."""
+    canon = json.dumps({"spec": policy.spec, "mode": policy.mode}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+NON_SUSPECT_COMBOS = ("unknown", "g1_non_suspect", "g2_non_suspect", "g3_non_suspect", "g4_non_suspect")
+
+
+def calibration_violations(result: Mapping[str, Any], policy: Policy) -> list[str]:
+    """Where ``policy`` breaks its word in a calibration result (``bench/calibrate_masking.py`` JSON).
+
+    The word: nobody but a suspect is identifiable. Every non-suspect decision (unknown subject and each group's
+    non-suspect) must score below the result's match threshold for every face at every calibrated size, unless
+    the policy discloses that group outright (an explicit ``disclosed`` level, the operator's choice). Also a
+    violation: no rows for the policy, or rows measured on another version of it (digest mismatch).
+    """
+    label = policy.label
+    digests = result.get("policy_digests", {})
+    if digests.get(label) != spec_digest(policy):
+        return [f"{label}: the calibration was not measured on this policy file (re-run bench/calibrate_masking.py)"]
+    threshold = float(result["match_threshold"])
+    rows = [r for r in result.get("rows", []) if r.get("policy") == label]
+    out: list[str] = []
+    for combo in NON_SUSPECT_COMBOS:
+        sel = [r for r in rows if r["combo"] == combo]
+        if not sel:
+            out.append(f"{label} {combo}: not calibrated")
+            continue
+        for r in sel:
+            if r["level"] != "disclosed" and float(r["cosine"]) >= threshold:
+                out.append(f"{label} {combo} level {r['level']}: {r['face']} at {r['width']} px re-identified "
+                           f"(cosine {float(r['cosine']):.3f} >= {threshold})")
+    return out
 
 
 def _as_dict(d: MaskDecision) -> dict[str, Any]:

