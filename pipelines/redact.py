@@ -18,7 +18,7 @@ import pathlib
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -90,13 +90,22 @@ class VideoOptions:
 class Redactor:
     """Detect (optionally on a resized copy) -> decide (unknown subject: strongest) -> mask, in place."""
 
-    def __init__(self, detector: FaceDetector, policy: Policy, scale: Optional[tuple[int, int]] = None,
-                 mask_scale: Optional[float] = None, shape: Optional[str] = None) -> None:
-        self.detector = detector
+    def __init__(self, detector: Union[FaceDetector, Callable[[], FaceDetector]], policy: Policy,
+                 scale: Optional[tuple[int, int]] = None, mask_scale: Optional[float] = None,
+                 shape: Optional[str] = None) -> None:
+        # a zero-argument callable loads the model on first use: bad input fails before any model is loaded
+        self._detector = detector if hasattr(detector, "detect") else None
+        self._load = None if self._detector is not None else detector
         self.policy = policy
         self.scale = scale
         self.mask_scale = mask_scale
         self.shape = shape
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = self._load()
+        return self._detector
 
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         if self.scale is None:
@@ -352,18 +361,24 @@ def cmd_redact(args: argparse.Namespace) -> int:
             raise UserError(f"input {src} does not exist")
     try:
         policy = Policy.load(args.policy, mode=args.mode)
-        detector = load_detector(args.detector, threads=args.threads, score_threshold=args.threshold)
-    except (PolicyError, ModelError) as exc:
+    except PolicyError as exc:
         raise UserError(str(exc)) from exc
+
+    def detector_loader() -> FaceDetector:
+        try:
+            return load_detector(args.detector, threads=args.threads, score_threshold=args.threshold)
+        except ModelError as exc:
+            raise UserError(str(exc)) from exc
     if policy.mode == "pixelate":
         logger.warning("pixelate is not calibrated to defeat face recognition on every face "
                        "(docs/policy.md); the default gaussian mode is")
-    red = Redactor(detector, policy, scale=args.scale, mask_scale=args.mask_scale, shape=args.shape)
+    red = Redactor(detector_loader, policy, scale=args.scale, mask_scale=args.mask_scale, shape=args.shape)
     options = VideoOptions(keep_audio=not args.no_audio, keep_metadata=not args.strip_metadata, crf=args.crf,
                            preset=args.preset)
     stats = RedactStats()
     for src, dst in pairs:
         redact_path(red, src, dst, quiet=getattr(args, "quiet", False), options=options, stats=stats)
+    detector = red.detector
     if args.manifest:
         path = pathlib.Path(args.manifest)
         path.parent.mkdir(parents=True, exist_ok=True)
