@@ -80,8 +80,8 @@ def _add_connect_timeout(sub: "argparse._SubParsersAction[argparse.ArgumentParse
         q = actions[0].choices.get(name) if actions else None
         if q is None:
             continue
-        q.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="give up after this long when no Kafka broker answers (default 10)")
+        q.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="give up after this long when no Kafka broker answers (default 5)")
         q.set_defaults(func=_with_broker_check(q.get_default("func")))
 
 

@@ -308,8 +308,8 @@ def add_command(ledger_sub) -> None:
     p.add_argument("--key", type=Path, default=None, help="client key (default: <ledger-dir>/keys/auditor.key)")
     p.add_argument("--once", action="store_true", help="export what is finalized now, then exit")
     p.add_argument("--until", type=int, default=None, help="exit after exporting this height")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="give up after this long when no Kafka broker answers (default 10)")
+    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="give up after this long when no Kafka broker answers (default 5)")
     from riskmask.health import add_metrics_options
 
     add_metrics_options(p, what="the exporter (blocks exported, next height)")

@@ -41,7 +41,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "progress_interval_s": None, "kafka_security_protocol": None, "kafka_sasl_mechanism": None,
     "kafka_sasl_username": None, "kafka_sasl_password_file": None, "kafka_ssl_cafile": None,
     "kafka_ssl_certfile": None, "kafka_ssl_keyfile": None, "kafka_ssl_check_hostname": True,
-    "connect_timeout": 10.0, "metrics_port": None, "metrics_host": "0.0.0.0",
+    "connect_timeout": 5.0, "metrics_port": None, "metrics_host": "0.0.0.0",
 }
 
 
@@ -256,7 +256,7 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
                    help="Flink savepoint to restore")
     kafka = p.add_argument_group("Kafka connection (docs/operations.md)")
     kafka.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
-                       help="give up after this long when no broker answers or a topic is missing (default 10)")
+                       help="give up after this long when no broker answers or a topic is missing (default 5)")
     kafka.add_argument("--kafka-security-protocol", default=None,
                        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
                        help="how clients talk to the brokers (default: PLAINTEXT)")
@@ -319,6 +319,7 @@ def _run_main(args: argparse.Namespace) -> int:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)  # failures reach the user as one line
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
     argv = pipeline_args(args)
+    _check_broker_first(argv)
     health, server = _start_health(args)
     try:
         state = run_pipeline(argv, metrics_out=getattr(args, "metrics_out", None), health=health)
@@ -333,6 +334,24 @@ def _run_main(args: argparse.Namespace) -> int:
             health.probe.stop()
     logger.info("pipeline finished: %s", state)
     return 0 if state in ("DONE", "PipelineState.DONE") else 1
+
+
+def _check_broker_first(argv: Sequence[str]) -> None:
+    """Fail within the connect timeout, before Beam is even imported, when no broker answers."""
+    import types
+
+    from pipelines.kafkaio.security import check_reachable, client_config
+
+    opts: dict[str, Any] = {}
+    for flag in argv:
+        name, eq, value = flag.lstrip("-").partition("=")
+        opts[name] = value if eq else True
+    if "connect_timeout_s" in opts:
+        opts["connect_timeout_s"] = float(opts["connect_timeout_s"])
+    check_reachable(str(opts.get("kafka_bootstrap_servers", "")), client_config(types.SimpleNamespace(**{
+        k: opts.get(k) for k in ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+                                 "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile",
+                                 "kafka_ssl_keyfile", "kafka_ssl_no_check_hostname", "connect_timeout_s")})))
 
 
 def _start_health(args: argparse.Namespace) -> tuple[Any, Any]:

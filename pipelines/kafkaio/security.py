@@ -104,3 +104,23 @@ def connect_timeout_s(kwargs: dict[str, Any]) -> float:
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "KafkaSettingsError", "PASSWORD_FILE_KEY", "SASL_MECHANISMS",
            "SECURITY_PROTOCOLS", "client_config", "connect_timeout_s", "read_password", "resolve", "validate"]
+
+
+def check_reachable(bootstrap_servers: str, kwargs: dict[str, Any]) -> None:
+    """Connect once with the pipeline's client settings (security included); one readable line on failure.
+
+    Runs before the pipeline is built, so an unreachable broker is reported within the connect timeout."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    from pipelines.kafkaio.errors import KafkaUnavailableError
+
+    servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
+    try:
+        KafkaConsumer(bootstrap_servers=servers, **resolve(kwargs)).close()
+    except KafkaTimeoutError:  # kafka-python 3: nothing answered within bootstrap_timeout_ms
+        raise KafkaUnavailableError(f"no Kafka broker answers at {bootstrap_servers} within "
+                                    f"{connect_timeout_s(kwargs):g} s") from None
+    except KafkaError as exc:
+        raise KafkaUnavailableError(f"cannot connect to Kafka at {bootstrap_servers}: {type(exc).__name__}: "
+                                    f"{exc}") from None
