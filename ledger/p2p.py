@@ -76,6 +76,7 @@ MAX_PENDING = 16  # unauthenticated inbound connections at once
 STREAM_LIMIT = 256 * 1024
 SEND_QUEUE_MAX = 20000  # frames; beyond it the oldest are dropped (consensus re-sends what matters)
 SEND_QUEUE_BYTES = 64 * 1024 * 1024  # bytes; beyond it the peer is cut off (it does not read)
+SEND_BATCH_BYTES = 1024 * 1024  # frames sealed and written together
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 2.0
 BAN_MIN_S = 10.0
@@ -289,10 +290,13 @@ class P2P:
                 await peer.wake.wait()
                 peer.wake.clear()
                 while peer.queue:
-                    chunks = []
-                    while peer.queue and len(chunks) < 256:
+                    # Small batches: what waits in the transport is at most one batch, the rest stays
+                    # in the queue where its budget counts it.
+                    chunks, size = [], 0
+                    while peer.queue and len(chunks) < 256 and size < SEND_BATCH_BYTES:
                         plain = peer.queue.popleft()
                         peer.queued_bytes -= len(plain)
+                        size += len(plain)
                         chunks.append(peer.chan.seal(plain))
                     peer.writer.write(b"".join(chunks))
                     await peer.writer.drain()
