@@ -143,6 +143,10 @@ class RedactedFrame(Message):
 
 @dataclass(frozen=True)
 class AuditRecord(Message):
+    """One frame's audit record. A record read from an earlier schema version keeps the bytes it was written
+    with: ``to_bytes`` returns them, because they are a Merkle leaf of an already anchored block (a record
+    built or changed here encodes with the current schema)."""
+
     SCHEMA: ClassVar[str] = "riskmask.v1.AuditRecord"
     NESTED: ClassVar[dict[str, Type[Message]]] = {"masks": MaskRegion}
     camera_id: str
@@ -160,6 +164,17 @@ class AuditRecord(Message):
     auditor_key_id: Optional[bytes] = None
     sealed_faces: Optional[bytes] = None
 
+    def to_bytes(self) -> bytes:
+        wire = self.__dict__.get("_wire")
+        return wire if wire is not None else super().to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "AuditRecord":
+        record = super().from_bytes(data)
+        if serde.peek_fingerprint(bytes(data)) != serde.fingerprint(cls.SCHEMA):
+            object.__setattr__(record, "_wire", bytes(data))  # written by an earlier version: keep its leaf
+        return record
+
 
 @dataclass(frozen=True)
 class AuditBlock(Message):
@@ -174,6 +189,19 @@ class AuditBlock(Message):
     block_hash: bytes
     records: tuple[AuditRecord, ...] = ()
     anchor_tx_hash: Optional[bytes] = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "AuditBlock":
+        """Decode; for a block written by an earlier schema version, each record keeps the exact encoding it
+        was written with (its Merkle leaf), so blocks anchored before an upgrade still verify after it."""
+        block = super().from_bytes(data)
+        if serde.peek_fingerprint(bytes(data)) != serde.fingerprint(cls.SCHEMA):
+            raw, writer = serde.decode_as_written(cls.SCHEMA, data)
+            (records_field,) = [f for f in writer["fields"] if f["name"] == "records"]
+            items = records_field["type"]["items"]
+            for record, datum in zip(block.records, raw["records"]):
+                object.__setattr__(record, "_wire", serde.encode_with_schema(items, datum))
+        return block
 
 
 @dataclass(frozen=True)

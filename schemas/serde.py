@@ -202,3 +202,38 @@ def decode(name: str, data: bytes, reader_schema: Any = None,
     if buf.tell() != len(data):
         raise SchemaError("trailing_bytes", f"{len(data) - buf.tell()} bytes after the datum")
     return out
+
+
+def decode_as_written(name: str, data: bytes) -> tuple[dict[str, Any], Any]:
+    """(datum, writer schema) of a message of ``name`` read with its writer's own schema (this version's or one
+    in ``history/``), without projecting it onto the current shape. Used where the exact bytes a writer
+    produced matter, e.g. to re-derive the Merkle leaves of audit records written by an earlier version."""
+    data = bytes(data)
+    fp = peek_fingerprint(data)
+    full = _resolve(name)
+    parsed, own_fp = _catalog()[full]
+    writer = parsed if fp == own_fp else _history().get(full, {}).get(fp)
+    if writer is None:
+        raise SchemaError("foreign_schema", f"fingerprint {fp.hex()} is not {name}")
+    buf = io.BytesIO(data)
+    buf.seek(HEADER_LEN)
+    try:
+        out = fastavro.schemaless_reader(buf, writer, writer)
+    except Exception as exc:  # garbage: same contract as decode()
+        raise SchemaError("corrupt", f"{name}: {type(exc).__name__}") from None
+    if buf.tell() != len(data):
+        raise SchemaError("trailing_bytes", f"{len(data) - buf.tell()} bytes after the datum")
+    return out, writer
+
+
+def encode_with_schema(schema: Any, datum: Mapping[str, Any]) -> bytes:
+    """Single-object encoding of ``datum`` with an explicit (e.g. historical or nested) record schema."""
+    parsed = schema if isinstance(schema, dict) and schema.get("__fastavro_parsed") else fastavro.parse_schema(schema)
+    buf = io.BytesIO()
+    buf.write(MAGIC)
+    buf.write(_fingerprint_of(parsed))
+    try:
+        fastavro.schemaless_writer(buf, parsed, dict(datum))
+    except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+        raise SchemaError("invalid_datum", _short(str(exc))) from None
+    return buf.getvalue()

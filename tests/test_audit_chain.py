@@ -182,3 +182,55 @@ def test_anchor_transaction_binds_the_block() -> None:
     assert decoded.merkle_root == block.merkle_root and decoded.audit_block_hash == block.block_hash
     assert (decoded.camera_id, decoded.audit_index, decoded.record_count) == ("cam-1", 0, 2)
     assert (decoded.window_start_us, decoded.window_end_us) == (block.window_start_us, block.window_end_us)
+
+
+def test_blocks_written_before_the_v2_schema_still_verify_after_the_upgrade() -> None:
+    """A camera's chain started by v1 (per-face decisions in clear) and continued by v2 verifies end to end: a
+    v1 record keeps the exact bytes it was anchored with, so its Merkle leaf is unchanged."""
+    import io
+    import json
+
+    import fastavro
+
+    from ledger.audit import AuditChainVerifier, BlockInvalid, pipeline_block_hash
+    from schemas import serde
+
+    v1_block = fastavro.parse_schema(json.loads((serde.HISTORY_DIR / "audit_block.v1.avsc").read_text()))
+    v1_record = fastavro.parse_schema(json.loads((serde.HISTORY_DIR / "audit_record.v1.avsc").read_text()))
+
+    def framed(schema, datum) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, schema, datum)
+        return serde.MAGIC + serde._fingerprint_of(schema) + buf.getvalue()
+
+    def v1_rec(seq: int) -> dict:
+        return {"camera_id": "cam-1", "epoch": 0, "seq": seq, "capture_ts_us": 1_000 + seq,
+                "raw_sha256": hashlib.sha256(b"r%d" % seq).digest(), "redacted_sha256": b"\x02" * 32,
+                "policy_id": "default-v1", "detector_id": "yunet", "recognizer_id": "", "watchlist_height": -1,
+                "degraded": False, "faces": [face("matched", "none", ref="ab12").to_dict()]}
+
+    messages, prev = [], ZERO_HASH
+    for index in range(2):  # what the v1 pipeline wrote to audit.blocks
+        recs = [v1_rec(index * 2 + j) for j in range(2)]
+        root = merkle.merkle_root([framed(v1_record, r) for r in recs])
+        digest = block_hash("cam-1", index, prev, recs[0]["capture_ts_us"], recs[-1]["capture_ts_us"], 2, root)
+        messages.append(framed(v1_block, {"camera_id": "cam-1", "index": index, "prev_hash": prev,
+                                          "window_start_us": recs[0]["capture_ts_us"],
+                                          "window_end_us": recs[-1]["capture_ts_us"], "records": recs,
+                                          "merkle_root": root, "block_hash": digest, "anchor_tx_hash": None}))
+        prev = digest
+    old = [AuditBlock.from_bytes(m) for m in messages]
+    verify_chain(old)
+    assert old[0].records[0].masks == () and old[0].records[0].sealed_faces is None  # nothing carried over
+    chain = CameraChain("cam-1", FlushRule(max_records=2), next_index=2, prev_hash=prev)  # upgraded pipeline
+    new = [b for b in (chain.add(record(s)) for s in range(4, 8)) if b is not None]
+    messages += [b.to_bytes() for b in new]
+    verify_chain([AuditBlock.from_bytes(m) for m in messages])
+    verifier = AuditChainVerifier({}, block_hash_fn=pipeline_block_hash())
+    for offset, m in enumerate(messages):
+        verifier.feed(AuditBlock.from_bytes(m), offset)
+    assert verifier.count == 4
+    # a v1 block whose record was altered after anchoring still fails
+    tampered = messages[0].replace(b"default-v1", b"default-v9")
+    with pytest.raises(BlockInvalid, match="Merkle root"):
+        AuditChainVerifier({}, block_hash_fn=pipeline_block_hash()).feed(AuditBlock.from_bytes(tampered), 0)
