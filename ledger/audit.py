@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Optional
 from ledger import payloads
 from ledger.config import SUBMIT_KINDS, ClientRegistry, Genesis
 from ledger.payloads import AnchorTx, PayloadError
+from ledger.registry import kinds as tx_kinds
 from schemas.messages import AuditBlock, LedgerBlock
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,9 @@ class LedgerVerifier:
                 raise self._fail(where, f"tx {i} signature is invalid", h)
             if self.clients is not None:
                 self._check_role(tx.sender, kind_name(tx.kind), where, i, h)
+            kind_error = tx_kinds.check(tx.kind, tx.payload)  # the kinds table: a kind carries only its own op
+            if kind_error is not None:
+                raise self._fail(where, f"tx {i} breaks the transaction kinds table: {kind_error}", h)
             if tx.kind == payloads.OP_ANCHOR:
                 # A committed anchor-kind tx whose payload is not a registry anchor is not tampering (its
                 # signature and the certificate cover it) but it anchors nothing: counted, not indexed.
@@ -449,6 +453,9 @@ def add_commands(sub) -> None:
     from ledger.redaction_manifest import add_manifest_command
 
     add_manifest_command(asub)
+    from ledger.audit_decisions import add_decisions_command
+
+    add_decisions_command(asub)
     del argparse
 
 

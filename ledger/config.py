@@ -24,16 +24,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ledger.consensus.events import ConsensusParams
+from ledger.registry import kinds
 
 _CONSENSUS = ConsensusParams()  # one source for the timeout defaults: the state machine's own
 
-ROLES = ("manager", "pipeline", "auditor", "validator")
-# Which transaction kinds each role may submit: enforced by the nodes at admission, re-checked by the auditor.
-SUBMIT_KINDS: Mapping[str, frozenset[str]] = {
-    "manager": frozenset({"register", "update", "erase"}),
-    "pipeline": frozenset({"anchor"}),
-    "validator": frozenset({"register", "update", "erase", "anchor", "other"}),
-}
+# Roles and which transaction kinds each may submit come from the one table of transaction kinds
+# (ledger.registry.kinds), enforced at admission, on gossip, in proposals, on apply and by the auditor.
+ROLES = kinds.ROLES
+SUBMIT_KINDS: Mapping[str, frozenset[str]] = kinds.SUBMIT_KINDS
 GENESIS_FORMAT = "riskmask-ledger-genesis/1"
 CLIENTS_FORMAT = "riskmask-ledger-clients/1"
 NODE_FORMAT = "riskmask-ledger-node/1"

@@ -4,7 +4,7 @@ The pure state machine (:mod:`ledger.consensus`) decides; this module feeds it e
 timeouts, new transactions, synced blocks) one at a time and executes its actions strictly in order:
 ``PersistSigned`` is committed to SQLite (fsync) before any later action runs, so a vote is durable before
 it can leave the node. Finalized blocks are stored with their commit certificates, their transactions leave
-the mempool and the registry state (:mod:`ledger.registry_api`) is updated.
+the mempool and the registry state (:mod:`ledger.registry`) is updated.
 
 Run: ``python -m ledger.node --config node0.json`` (or ``riskmask ledger node --config ...``).
 """
@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from ledger import crypto, p2p, sync
 from ledger.api import LedgerApi
-from ledger.config import SUBMIT_KINDS, ClientInfo, ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig
+from ledger.config import ClientInfo, ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig
 from ledger.consensus.events import (STEP_PROPOSAL, BlockContent, Broadcast, ChainTip,
                                      ConsensusParams, Decide, PersistSigned, ProposalReceived,
                                      RecordEvidence, RequestSync, ScheduleTimeout, TimeoutFired, TxsAvailable,
@@ -37,8 +37,9 @@ from ledger.fastverify import make_verifier
 from ledger.mempool import Mempool, MempoolFull
 from ledger.node_sync import BlockSync, SyncDone
 from ledger.nodeview import NodeView
+from ledger.registry import kinds as tx_kinds
 from ledger.store import Store, StoreError
-from ledger.types import (TX_KIND_NAMES, Block, CommitCertificate, Evidence, Proposal, Transaction, Vote,
+from ledger.types import (Block, CommitCertificate, Evidence, Proposal, Transaction, Vote,
                           decode_message, tx_hash, verify_commit)
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,9 @@ class LedgerNode(BlockSync, NodeView):
         self._tx_inbox_bytes = 0
         self._tx_inbox_peer: dict[int, int] = collections.defaultdict(int)
         self._tx_recent: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
-        self._proposals_seen: dict[tuple[int, int, int], set[bytes]] = {}  # (peer, height, round) -> digests
+        # (peer, height, round) -> digest -> whether it reached consensus while its height was current
+        self._proposals_seen: dict[tuple[int, int, int], dict[bytes, bool]] = {}
+        self._uncertified_warned: set[int] = set()
         self._certified: dict[int, int] = {}  # while silent after a wipe: validator -> certified height
         self._status_cache: tuple[int, bytes, bytes] = (0, b"", b"")
         self.p2p.on_fault = self._on_peer_fault
@@ -123,13 +126,16 @@ class LedgerNode(BlockSync, NodeView):
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _make_registry(self) -> Any:
-        try:
-            from ledger.registry_api import RegistryIndex, RegistryService
-        except ImportError as exc:
-            logger.info("registry endpoints disabled: %s", exc)
-            return None
+        from ledger.registry.service import RegistryService
+        from ledger.registry.state import RegistryIndex
+
         index = RegistryIndex(self.cfg.data_dir / "registry.db")
-        return RegistryService(index, self.store, lambda: self.store.height)
+        return RegistryService(index, self.store, lambda: self.store.height, role_of=self._sender_role)
+
+    def _sender_role(self, sender: bytes) -> Optional[str]:
+        """Role of a transaction sender's key in the client registry (None for an unknown key)."""
+        info = self.clients.lookup(sender.hex())
+        return None if info is None else info.role
 
     def _tip(self) -> ChainTip:
         h = self.store.height
@@ -145,7 +151,7 @@ class LedgerNode(BlockSync, NodeView):
         start = self.registry.index.applied_height + 1
         for h in range(start, self.store.height + 1):
             blk = Block.decode(self.store.get_block(h).block)
-            self.registry.apply_block(h, [(tx.hash(), tx.payload) for tx in blk.txs])
+            self.registry.apply_block(h, [(tx.hash(), tx) for tx in blk.txs])
 
     async def start(self) -> None:
         self._replay_registry()
@@ -303,8 +309,10 @@ class LedgerNode(BlockSync, NodeView):
                 verify_commit(CommitCertificate.decode(cert), self.chain_id, self.public_keys, block_hash, height,
                               self.verifier)
             except (LedgerError, ValueError) as exc:
-                logger.warning("ignoring an uncertified status from validator %d (height %d): %s", peer, height,
-                               exc)
+                if peer not in self._uncertified_warned:
+                    self._uncertified_warned.add(peer)
+                    logger.warning("ignoring an uncertified status from validator %d (height %d): %s", peer,
+                                   height, exc)
                 return
         self._certified[peer] = max(height, self._certified.get(peer, 0))
         if len(self._certified) < self.genesis.f + 1:
@@ -346,14 +354,13 @@ class LedgerNode(BlockSync, NodeView):
         if self.registry is not None:
             # Derived state, applied in block order on one worker thread so its fsyncs stay off the
             # consensus path; rebuilt from the stored blocks after a restart if a crash cut it short.
-            self._registry_pool.submit(self._apply_registry, h,
-                                       [(hh, tx.payload) for hh, tx in zip(hashes, block.txs)])
+            self._registry_pool.submit(self._apply_registry, h, list(zip(hashes, block.txs)))
         if h % 100 == 0:
             logger.info("height %d (%d txs in this block, mempool %d)", h, len(hashes), len(self.mempool))
         if len(self.mempool):
             self._events.append(TxsAvailable())
 
-    def _apply_registry(self, height: int, txs: list[tuple[bytes, bytes]]) -> None:
+    def _apply_registry(self, height: int, txs: list[tuple[bytes, Transaction]]) -> None:
         try:
             self.registry.apply_block(height, txs)
         except Exception:
@@ -373,7 +380,8 @@ class LedgerNode(BlockSync, NodeView):
         return BlockContent(now_ms(), txs, evidence)
 
     def _validate_block(self, block: Block) -> bool:
-        """Application checks of a proposed block: signatures, authorised senders, no replayed tx."""
+        """Application checks of a proposed block (False: this node votes nil): signatures, the kinds table
+        (kind, payload operation, sender role) for every transaction, no replayed tx."""
         if block.header.timestamp_ms > now_ms() + MAX_FUTURE_MS:
             return False
         seen: set[bytes] = set()
@@ -383,23 +391,30 @@ class LedgerNode(BlockSync, NodeView):
                 return False
             seen.add(h)
             if h in self.mempool:
-                continue  # verified at admission
-            if self._check_tx(tx) is not None:
+                continue  # verified at admission (signature and kinds table)
+            reason = self._check_tx(tx)
+            if reason is not None:
+                logger.warning("refusing the proposal for height %d round %d by validator %d: tx %s: %s",
+                               block.header.height, block.header.round, block.header.proposer, h.hex()[:16],
+                               reason)
                 return False
         if self.store.has_txs(seen):
             return False
         return True
 
     def _check_tx(self, tx: Transaction, caller_role: Optional[str] = None) -> Optional[str]:
-        """None when ``tx`` may enter the chain, else the reason (signature, sender, role)."""
+        """None when ``tx`` may enter the chain, else the reason: the kinds table (kind, payload operation,
+        sender role; :mod:`ledger.registry.kinds`), the caller's role, the signature. Stateless, so
+        admission, gossip and proposal validation reach the same verdict."""
         sender = self.clients.lookup(tx.sender.hex())
         if sender is None:
             return "forbidden: transaction sender is not a registered client"
-        kind = TX_KIND_NAMES.get(tx.kind, "other")
-        if kind not in SUBMIT_KINDS.get(sender.role, frozenset()):
-            return f"forbidden: sender role {sender.role} may not submit {kind} transactions"
-        if caller_role is not None and kind not in SUBMIT_KINDS.get(caller_role, frozenset()):
-            return f"forbidden: role {caller_role} may not submit {kind} transactions"
+        try:
+            tx_kinds.classify(tx.kind, tx.payload, sender.role)
+        except tx_kinds.KindError as exc:
+            return str(exc) if exc.forbidden else f"invalid transaction: {exc}"
+        if caller_role is not None and caller_role not in tx_kinds.BY_CODE[tx.kind].roles:
+            return f"forbidden: role {caller_role} may not submit {tx_kinds.name_of(tx.kind)} transactions"
         if not tx.verify_signature(self.chain_id, self.verifier):
             return "bad transaction signature"
         return None
@@ -444,8 +459,8 @@ class LedgerNode(BlockSync, NodeView):
         if h in self.mempool:
             return h.hex(), None, None
         reason = self._check_tx(tx, role)
-        if reason is None and self.registry is not None:
-            reason = self.registry.check_tx(tx.payload, role)
+        if reason is None and self.registry is not None:  # the registry state (versions, erased subjects)
+            reason = self.registry.check_tx(tx.kind, tx.payload, self._sender_role(tx.sender))
         if reason is not None:
             return None, reason, None
         return h.hex(), None, (h, tx, raw)
@@ -545,7 +560,8 @@ class LedgerNode(BlockSync, NodeView):
         return sync.encode_status(h, self._round(), self._status_cache[1], self._status_cache[2])
 
     def _note_proposal(self, peer: int, p: Proposal, body: bytes) -> bool:
-        """True when a proposal frame should reach consensus. Duplicates are dropped; a peer that sends more
+        """True when a proposal frame should reach consensus. Duplicates are dropped (one copy may pass again
+        once its height is current: the first may have come too early to be kept); a peer that sends more
         than MAX_PROPOSALS_PER_ROUND different proposals for one (height, round), or proposals for more than
         MAX_PROPOSAL_ROUNDS_PER_PEER (height, round) pairs ahead of us, is flooding and is cut off."""
         stub, top = p.stub, self.store.height
@@ -559,11 +575,11 @@ class LedgerNode(BlockSync, NodeView):
             if sum(1 for k in self._proposals_seen if k[0] == peer) >= MAX_PROPOSAL_ROUNDS_PER_PEER:
                 self.p2p.cut_off(peer, f"proposals for more than {MAX_PROPOSAL_ROUNDS_PER_PEER} rounds ahead")
                 return False
-            seen = self._proposals_seen[key] = set()
-        digest = crypto.sha256(body)
-        if digest in seen:
+            seen = self._proposals_seen[key] = {}
+        digest, current = crypto.sha256(body), stub.height == top + 1
+        if digest in seen and (seen[digest] or not current):
             return False
-        seen.add(digest)
+        seen[digest] = current
         if len(seen) > MAX_PROPOSALS_PER_ROUND:
             self.p2p.cut_off(peer, f"{len(seen)} different proposals for height {stub.height} round {stub.round}")
             return False

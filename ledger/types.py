@@ -16,6 +16,7 @@ from ledger import codec, crypto, merkle
 from ledger.codec import (HASH_LEN, MAX_BLOCK_BYTES, MAX_BLOCK_EVIDENCE, MAX_BLOCK_TXS, MAX_PAYLOAD_BYTES,
                           MAX_TX_BYTES, Reader)
 from ledger.errors import DecodeError, ValidationError
+from ledger.registry.kinds import TX_ANCHOR, TX_ERASE, TX_KIND_NAMES, TX_REGISTER, TX_UPDATE
 from ledger.votes import (EVIDENCE_DUPLICATE_PROPOSAL, EVIDENCE_DUPLICATE_VOTE, PRECOMMIT, PREVOTE,
                           CommitCertificate, CommitSig, Evidence, ProposalStub, Vote, proposer_index, quorum,
                           validator_set_hash, verify_commit, weak_quorum)
@@ -27,11 +28,8 @@ __all__ = ["TX_REGISTER", "TX_UPDATE", "TX_ERASE", "TX_ANCHOR", "TX_KIND_NAMES",
            "CommitSig", "CommitCertificate", "Evidence", "quorum", "weak_quorum", "proposer_index",
            "validator_set_hash", "verify_commit"]
 
-TX_REGISTER = 1
-TX_UPDATE = 2
-TX_ERASE = 3
-TX_ANCHOR = 4
-TX_KIND_NAMES = {TX_REGISTER: "register", TX_UPDATE: "update", TX_ERASE: "erase", TX_ANCHOR: "anchor"}
+# The kind codes come from the one table of transaction kinds (which payload each carries, who may submit
+# it): ledger.registry.kinds. Decoding refuses a code outside the table.
 
 _TX_HEAD = struct.Struct(">BB32sQQI")          # tag, kind, sender, nonce, timestamp_ms, payload length
 _HDR_FIXED = struct.Struct(">QIQ32s32sIH32s32s")  # height .. evidence_hash (after the chain id)
@@ -40,7 +38,11 @@ SIG = crypto.SIGNATURE_LEN
 
 @dataclass(frozen=True)
 class Transaction:
-    """A signed ledger transaction; ``payload`` is opaque here (built by the privacy module)."""
+    """A signed ledger transaction; ``payload`` is opaque here (built by the privacy module).
+
+    ``validate_basic`` checks only the kind code; whether the payload fits the kind and the sender's role is
+    the kinds table's check (:func:`ledger.registry.kinds.check`), which needs the client registry.
+    """
 
     kind: int
     sender: bytes

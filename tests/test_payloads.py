@@ -70,7 +70,7 @@ def test_decode_refuses_non_canonical() -> None:
 def test_oversized_length_prefix_refused_without_allocation() -> None:
     head = payloads.MAGIC + bytes([1, payloads.OP_REGISTER]) + b"p" * 32 + b"k" * 8 + (1).to_bytes(8, "big")
     data = head + b"n" * 12 + (2**32 - 1).to_bytes(4, "big")
-    with pytest.raises(PayloadError, match="exceeds limit"):
+    with pytest.raises(PayloadError, match="length 4294967295 outside"):
         payloads.decode(data)
 
 

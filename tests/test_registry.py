@@ -6,13 +6,16 @@ import base64
 import hashlib
 import time
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from ledger import payloads, privacy
 from ledger.payloads import AnchorTx, EraseTx, SubjectTx
-from ledger.registry_api import RegistryIndex, RegistryService
+from ledger.registry.kinds import TX_ANCHOR, TX_ERASE, TX_REGISTER
+from ledger.registry.service import RegistryService
+from ledger.registry.state import RegistryIndex
 from ledger.store import Store
 
 CHAIN = "registry-unit"
@@ -37,6 +40,33 @@ def _sealed_tx(p: bytes, version: int, risk: int = 60):
     return payloads.encode(tx), sealed
 
 
+@dataclass(frozen=True)
+class _Tx:
+    """The fields of a ledger transaction the application reads."""
+
+    kind: int
+    sender: bytes
+    payload: bytes
+
+
+def _kind_of(payload: bytes) -> int:
+    """The transaction kind whose payload operation ``payload`` carries (anchor for an opaque payload)."""
+    return payloads.decode(payload).op if payload[:4] == payloads.MAGIC and len(payload) > 5 else TX_ANCHOR
+
+
+def _txs(items):
+    """(hash, payload) -> (hash, transaction of the payload's own kind)."""
+    return [(h, _Tx(_kind_of(pl), b"s" * 32, pl)) for h, pl in items]
+
+
+def _check(svc, payload: bytes, role: str):
+    try:
+        kind = _kind_of(payload)
+    except payloads.PayloadError:
+        kind = TX_REGISTER
+    return svc.check_tx(kind, payload, role)
+
+
 def _open(svc, p: bytes) -> privacy.SubjectRecord:
     import base64
     s = svc.subject_json(p)
@@ -49,29 +79,29 @@ def test_register_update_erase_lifecycle(service) -> None:
     svc, store = service
     p = os.urandom(32)
     reg, sealed = _sealed_tx(p, 1)
-    assert svc.check_tx(reg, "manager") is None
+    assert _check(svc, reg, "manager") is None
     svc.upload_key(p, sealed.wrapped_key)
-    svc.apply_block(1, [(b"h1" * 16, reg)])
+    svc.apply_block(1, _txs([(b"h1" * 16, reg)]))
     assert store.get_wrapped_key(p) == sealed.wrapped_key
     assert _open(svc, p).risk == 60
-    assert "already registered" in svc.check_tx(reg, "manager")
+    assert "already registered" in _check(svc, reg, "manager")
 
     upd, sealed2 = _sealed_tx(p, 2, risk=95)
-    assert "does not follow" in svc.check_tx(_sealed_tx(p, 3)[0], "manager")
+    assert "does not follow" in _check(svc, _sealed_tx(p, 3)[0], "manager")
     svc.upload_key(p, sealed2.wrapped_key)
-    svc.apply_block(2, [(b"h2" * 16, upd)])
+    svc.apply_block(2, _txs([(b"h2" * 16, upd)]))
     assert _open(svc, p).risk == 95 and store.get_wrapped_key(p) == sealed2.wrapped_key
 
     erase = payloads.encode(EraseTx(pseudonym=p, version=3))
-    assert svc.check_tx(erase, "manager") is None
-    svc.apply_block(3, [(b"h3" * 16, erase)])
+    assert _check(svc, erase, "manager") is None
+    svc.apply_block(3, _txs([(b"h3" * 16, erase)]))
     assert store.get_wrapped_key(p) is None
     out = svc.subject_json(p)
     assert out["status"] == "erased" and out["ciphertext"] is None and out["wrapped_key"] is None
     with pytest.raises(privacy.KeyErased):
         privacy.open_record(sealed2.nonce, sealed2.ciphertext, store.get_wrapped_key(p), CHAIN, p, 2, KEK)
-    assert "erased" in svc.check_tx(_sealed_tx(p, 4)[0], "manager")
-    assert "erased" in svc.check_tx(reg, "manager")
+    assert "erased" in _check(svc, _sealed_tx(p, 4)[0], "manager")
+    assert "erased" in _check(svc, reg, "manager")
     # erased bytes are gone from the node's database files
     for f in store.path.parent.iterdir():
         if f.is_file():
@@ -80,21 +110,23 @@ def test_register_update_erase_lifecycle(service) -> None:
 
 def test_roles_and_garbage(service) -> None:
     svc, _ = service
+    erase_x = payloads.encode(EraseTx(pseudonym=b"x" * 32, version=2))
     anchor = payloads.encode(AnchorTx(camera_id="cam", window_start_us=1, window_end_us=2, record_count=3,
                                       merkle_root=b"r" * 32))
-    assert svc.check_tx(anchor, "pipeline") is None
-    assert svc.check_tx(anchor, "manager").startswith("forbidden")
+    assert _check(svc, anchor, "pipeline") is None
+    assert _check(svc, anchor, "manager").startswith("forbidden")
     reg, _ = _sealed_tx(os.urandom(32), 1)
-    assert svc.check_tx(reg, "pipeline").startswith("forbidden")
-    assert "invalid registry" in svc.check_tx(payloads.MAGIC + b"\x01\x09", "manager")
-    assert svc.check_tx(b"not-a-registry-payload", "manager") is None  # other tx kinds: not ours to judge
-    # with the transaction kind: registry kinds need a registry payload of the same op
-    assert svc.check_tx(reg, "manager", kind=payloads.OP_REGISTER) is None
-    assert "does not match" in svc.check_tx(reg, "manager", kind=payloads.OP_ERASE)
-    assert "needs a registry payload" in svc.check_tx(b"opaque", "manager", kind=payloads.OP_REGISTER)
-    assert svc.check_tx(b"opaque", "pipeline", kind=payloads.OP_ANCHOR) is None
-    assert "does not match" in svc.check_tx(anchor, "pipeline", kind=payloads.OP_REGISTER)
-    assert "unknown subject" in svc.check_tx(payloads.encode(EraseTx(pseudonym=b"x" * 32, version=2)), "manager")
+    assert _check(svc, reg, "pipeline").startswith("forbidden")
+    assert "invalid registry payload" in _check(svc, payloads.MAGIC + b"\x01\x09", "manager")
+    assert svc.check_tx(TX_ANCHOR, b"not-a-registry-payload", "pipeline") is None  # an opaque anchor
+    # the kinds table: a kind carries only its own payload operation
+    assert svc.check_tx(TX_REGISTER, reg, "manager") is None
+    assert "carries a register payload" in svc.check_tx(TX_ERASE, reg, "manager")
+    assert "needs a registry register payload" in svc.check_tx(TX_REGISTER, b"opaque", "manager")
+    assert "carries an anchor payload" in svc.check_tx(TX_REGISTER, anchor, "manager")
+    assert svc.check_tx(TX_ANCHOR, erase_x, "pipeline").startswith("invalid transaction: an anchor transaction "
+                                                                     "carries an erase payload")
+    assert "unknown subject" in _check(svc, erase_x, "manager")
 
 
 def test_same_block_conflicts_apply_deterministically(service) -> None:
@@ -104,10 +136,10 @@ def test_same_block_conflicts_apply_deterministically(service) -> None:
     reg_b, sb = _sealed_tx(p, 1, risk=20)
     svc.upload_key(p, sa.wrapped_key)
     svc.upload_key(p, sb.wrapped_key)
-    svc.apply_block(1, [(b"a" * 32, reg_a), (b"b" * 32, reg_b)])
+    svc.apply_block(1, _txs([(b"a" * 32, reg_a), (b"b" * 32, reg_b)]))
     assert _open(svc, p).risk == 10
     assert store.get_wrapped_key(p) == sa.wrapped_key
-    svc.apply_block(1, [(b"c" * 32, reg_b)])  # replay of an applied height is a no-op
+    svc.apply_block(1, _txs([(b"c" * 32, reg_b)]))  # replay of an applied height is a no-op
     assert _open(svc, p).risk == 10
 
 
@@ -116,7 +148,7 @@ def test_register_and_erase_in_one_block_leaves_no_key(service) -> None:
     p = os.urandom(32)
     reg, sealed = _sealed_tx(p, 1)
     svc.upload_key(p, sealed.wrapped_key)
-    svc.apply_block(1, [(b"a" * 32, reg), (b"e" * 32, payloads.encode(EraseTx(pseudonym=p, version=2)))])
+    svc.apply_block(1, _txs([(b"a" * 32, reg), (b"e" * 32, payloads.encode(EraseTx(pseudonym=p, version=2)))]))
     assert store.get_wrapped_key(p) is None and svc.subject_json(p)["status"] == "erased"
     assert svc.index.pending(sealed.key_commitment) is None
 
@@ -125,7 +157,7 @@ def test_late_key_upload_and_mismatched_key_refused(service) -> None:
     svc, store = service
     p = os.urandom(32)
     reg, sealed = _sealed_tx(p, 1)
-    svc.apply_block(1, [(b"a" * 32, reg)])
+    svc.apply_block(1, _txs([(b"a" * 32, reg)]))
     assert svc.subject_json(p)["wrapped_key"] is None
     other = privacy.wrap_data_key(KEK, KID, os.urandom(32), CHAIN, p)
     svc.upload_key(p, other)  # not the committed key: stays pending, never served
@@ -145,7 +177,7 @@ def test_watchlist_paging_by_height(service) -> None:
             svc.upload_key(p, sealed.wrapped_key)
             txs.append((os.urandom(32), reg))
             subjects.append(p)
-        svc.apply_block(h, txs)
+        svc.apply_block(h, _txs(txs))
     seen, since, pages = set(), 0, 0
     while True:
         page = svc.watchlist_json(since, limit=4)
@@ -164,7 +196,7 @@ def test_watchlist_paging_by_height(service) -> None:
 def test_anchor_index(service) -> None:
     svc, _ = service
     a = AnchorTx(camera_id="cam-7", window_start_us=5, window_end_us=9, record_count=12, merkle_root=b"m" * 32)
-    svc.apply_block(1, [(b"t" * 32, payloads.encode(a))])
+    svc.apply_block(1, _txs([(b"t" * 32, payloads.encode(a))]))
     row = svc.index.anchor(b"t" * 32)
     assert row["camera_id"] == "cam-7" and row["record_count"] == 12 and row["height"] == 1
 
@@ -433,7 +465,7 @@ def test_missing_key_repaired_from_peer(tmp_path) -> None:
     reg, sealed = _sealed_tx(p, 1)
     svcs[0].upload_key(p, sealed.wrapped_key)  # node 1 was down during the upload
     for s in svcs:
-        s.apply_block(1, [(b"r" * 32, reg)])
+        s.apply_block(1, _txs([(b"r" * 32, reg)]))
     assert svcs[0].missing_keys() == [] and svcs[1].missing_keys() == [(p, sealed.key_commitment)]
     forged = privacy.wrap_data_key(KEK, KID, os.urandom(32), CHAIN, p)
     assert svcs[1].repair_keys(lambda q: forged) == 0  # a key not matching the commitment is refused
@@ -445,9 +477,9 @@ def test_missing_key_repaired_from_peer(tmp_path) -> None:
     # erasure clears a still-missing entry too
     p2 = os.urandom(32)
     reg2, _ = _sealed_tx(p2, 1)
-    svcs[1].apply_block(2, [(b"s" * 32, reg2)])
+    svcs[1].apply_block(2, _txs([(b"s" * 32, reg2)]))
     assert svcs[1].missing_keys() == [(p2, svcs[1].index.subject(p2)["commitment"])]
-    svcs[1].apply_block(3, [(b"t" * 32, payloads.encode(EraseTx(pseudonym=p2, version=2)))])
+    svcs[1].apply_block(3, _txs([(b"t" * 32, payloads.encode(EraseTx(pseudonym=p2, version=2)))]))
     assert svcs[1].missing_keys() == []
     for s, st in zip(svcs, stores):
         s.index.close()
