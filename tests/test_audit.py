@@ -474,3 +474,18 @@ def test_verify_command_refuses_a_missing_ledger_topic(net: Net, kafka_bootstrap
                               ledger_topic=f"absent-{os.urandom(6).hex()}", audit_topic="", json=False)
     with pytest.raises(UserError, match="does not exist"):
         audit._cmd_verify(args)
+
+
+def test_kind_carrying_another_operation_detected(net: Net) -> None:
+    """A pipeline-signed anchor-kind transaction carrying an erase payload, committed by a quorum: the kinds
+    table check names it (signature, role and certificate are all valid)."""
+    chain = build_chain(net, 2)
+    erase = payloads.EraseTx(pseudonym=os.urandom(32), version=2)
+    tx = Transaction.create(net.pipeline, CHAIN, payloads.OP_ANCHOR, 3, 1_700_000_003_000, payloads.encode(erase))
+    blk = Block.build(CHAIN, 3, 0, 1_700_000_003_000, chain[1].block_hash, 3,
+                      validator_set_hash(net.genesis.public_keys()), [tx], ())
+    msg = to_ledger_block(blk.encode(), _cert(net, 3, blk.hash()).encode())
+    clients = _registry(manager=net.manager, pipeline=net.pipeline)
+    report = audit.verify_stream(net.genesis, [(i, m.to_bytes()) for i, m in enumerate(chain + [msg])],
+                                 clients=clients)
+    _failed_at(report, 3, "kinds table")
