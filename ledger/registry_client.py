@@ -332,7 +332,11 @@ class RegistryClient:
 
 
 def face_templates(photos: Sequence[Path], model_dir: Optional[Path] = None) -> list[np.ndarray]:
-    """One SFace template per photo; a photo must show exactly one face (checked before anything is sent)."""
+    """One SFace template per photo; a photo must show exactly one face (checked before anything is sent).
+
+    Faces are found by YuNet alone, without the pipeline's upscaled tiny-face pass: an enrolment photo shows
+    its subject large, and the tiny pass would count people far in its background (a 1434 x 2333 portrait
+    with two 22 px faces behind the subject) and refuse a usable photo."""
     import cv2
 
     from pipelines.models.detector import load_detector
@@ -345,7 +349,7 @@ def face_templates(photos: Sequence[Path], model_dir: Optional[Path] = None) -> 
             raise UserError(f"cannot read image {path}")
         images.append(img)
     try:
-        det = load_detector("yunet", model_dir=model_dir)
+        det = load_detector("yunet", model_dir=model_dir, tiny_factor=0)
         rec = load_recognizer(model_dir=model_dir)
     except Exception as exc:  # ModelError: missing/unverifiable model file
         raise ServiceError(f"face models unavailable: {exc}") from None
