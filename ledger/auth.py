@@ -74,6 +74,10 @@ class NonceCache:
             self._seen.popitem(last=False)
         return True
 
+    def seen(self, key_id: str, nonce: str) -> bool:
+        """Whether (key, nonce) was already used (and not yet expired); remembers nothing."""
+        return (key_id, nonce) in self._seen
+
     def _expire(self, now_ms: int) -> None:
         # Entries are (roughly) in arrival order; stop at the first unexpired one.
         while self._seen:
@@ -100,8 +104,11 @@ class Authenticator:
         req.context["client"] = self.authenticate(req, route)
 
     def precheck(self, method: str, path: str, headers: dict[str, str]) -> None:
-        """Refuse (HttpError) a request whose headers alone show it cannot pass; no signature check."""
-        self._headers(headers, None)
+        """Refuse (HttpError) a request whose headers alone show it cannot pass; no signature check. A
+        replayed header set (a used nonce) is refused here, before its body is read."""
+        key_id, _, _, nonce, _ = self._headers(headers, None)
+        if self.nonces.seen(key_id, nonce):
+            raise HttpError(401, "replayed request (nonce already used)")
 
     def _headers(self, h: dict[str, str], route: Optional[Route]) -> tuple[str, ClientInfo, int, str, str]:
         missing = [n for n in (H_KEY, H_TS, H_NONCE, H_NODE, H_SIG) if n not in h]

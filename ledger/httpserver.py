@@ -13,8 +13,9 @@ Hardening against unauthenticated clients:
 * a connection that has not yet completed an authenticated request gets ``UNAUTH_IDLE_S`` to send each
   request head (the whole head, so byte-by-byte senders gain nothing); authenticated keep-alive
   connections idle up to ``IDLE_TIMEOUT_S``;
-* headers are checked by ``pre_body`` (key known, timestamp fresh, right node) before a body is read, and
-  the connection is closed after every 401 and 403;
+* headers are checked by ``pre_body`` (key known, timestamp fresh, nonce unused, right node) before a body
+  is read, bodies being read or handled share a budget of ``BODY_BUDGET_FACTOR`` maximum bodies (429
+  beyond), and the connection is closed after every 401 and 403;
 * numbers (``Content-Length``, path integers, :func:`ascii_uint`) are ASCII digits only; query strings and
   paths must decode to ASCII; JSON bodies nest at most ``MAX_JSON_DEPTH`` levels;
 * optional TLS (an :class:`ssl.SSLContext` given to :meth:`HttpServer.start`).
@@ -43,6 +44,7 @@ TLS_HANDSHAKE_TIMEOUT_S = 5.0
 MAX_CONNS = 512
 MAX_CONNS_PER_ADDR = 64
 MAX_JSON_DEPTH = 64
+BODY_BUDGET_FACTOR = 16  # request bytes buffered at once, all connections together: this many max bodies
 CLOSE_AFTER = frozenset({401, 403})
 
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -212,6 +214,7 @@ class _Conn:
     opened: float
     authenticated: bool = False  # completed at least one authenticated request
     busy: bool = False  # a request is being read or handled
+    reserved: int = 0  # body bytes of the current request counted against the server's budget
     task: Optional[asyncio.Task] = None
 
 
@@ -232,6 +235,8 @@ class HttpServer:
         self._conns: dict[int, _Conn] = {}
         self._per_addr: Counter[str] = Counter()
         self.refused = 0  # connections refused or evicted by the caps
+        self.body_budget = BODY_BUDGET_FACTOR * max_body
+        self._inflight = 0  # body bytes reserved by requests being read or handled
         self.tls = False
 
     @property
@@ -342,7 +347,7 @@ class HttpServer:
         conn.busy = True
         try:
             try:
-                req, close = await self._parse(head, reader)
+                req, close = await self._parse(head, reader, conn)
             except HttpError as exc:
                 await self._send(writer, Response.json({"error": exc.reason}, exc.status), close=True)
                 if exc.status == 413 or exc.unread:
@@ -362,6 +367,8 @@ class HttpServer:
             return not close
         finally:
             conn.busy = False
+            self._inflight -= conn.reserved
+            conn.reserved = 0
 
     @staticmethod
     async def _discard(reader: asyncio.StreamReader, limit: int = 64 * 1024 * 1024) -> None:
@@ -378,7 +385,7 @@ class HttpServer:
         except (asyncio.TimeoutError, ConnectionError):
             pass
 
-    async def _parse(self, head: bytes, reader: asyncio.StreamReader) -> tuple[Request, bool]:
+    async def _parse(self, head: bytes, reader: asyncio.StreamReader, conn: _Conn) -> tuple[Request, bool]:
         text = head.decode("latin-1")  # decodes any byte; non-ASCII is refused field by field below
         lines = text.split("\r\n")
         parts = lines[0].split(" ")
@@ -448,6 +455,12 @@ class HttpServer:
                 except HttpError as exc:
                     exc.unread = n  # answered first, then the body is read and dropped
                     raise
+            if self._inflight + n > self.body_budget:
+                exc = HttpError(429, "busy: too many request bodies in flight; retry")
+                exc.unread = n
+                raise exc
+            self._inflight += n
+            conn.reserved = n
             try:
                 body = await asyncio.wait_for(reader.readexactly(n), BODY_TIMEOUT_S)
             except asyncio.TimeoutError:

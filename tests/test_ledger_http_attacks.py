@@ -207,6 +207,68 @@ def test_stranger_cannot_make_the_node_wait_for_a_body(cluster):
     assert waited < 3.0
 
 
+def _prechecked_headers(cluster, node: int, role: str) -> dict[str, str]:
+    """Headers that pass every check a node can make before reading the body (known key, fresh timestamp,
+    unused nonce, right node); the signature is well-formed but wrong, which only the body can reveal."""
+    from ledger import crypto
+
+    pub = crypto.PrivateKey.from_seed(cluster.key_seed(role)).public_key().to_bytes().hex()
+    return {"X-Ledger-Key": pub, "X-Ledger-Timestamp": str(int(time.time() * 1000)),
+            "X-Ledger-Nonce": os.urandom(16).hex(), "X-Ledger-Node": cluster.genesis.validators[node].public_key.hex(),
+            "X-Ledger-Signature": "00" * 64}
+
+
+def test_request_bodies_in_flight_are_bounded(cluster):
+    """40 connections each declaring a 512 KiB body (the node's maximum) and sending all but its last byte:
+    the node buffers at most 16 maximum bodies at once and answers the others 429 at once; a replayed header
+    set is refused before its body; once the senders go, signed clients submit again."""
+    hostport = cluster.genesis.validators[2].api_hostport
+    size = 512 * 1024
+    conns, early = [], {}
+    try:
+        for k in range(40):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((f"127.0.2.{k + 1}", 0))
+            s.settimeout(10)
+            s.connect(hostport)
+            head = http_request("POST", "/v1/txs", _prechecked_headers(cluster, 2, "pipeline"))
+            s.sendall(head.replace(b"Content-Length: 0", f"Content-Length: {size}".encode()))
+            try:
+                s.sendall(b"x" * (size - 1))
+            except OSError:
+                pass
+            conns.append(s)
+        time.sleep(0.5)
+        for k, s in enumerate(conns):
+            s.setblocking(False)
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b"reset"
+            early[k] = data.split(b"\r\n")[0]
+        print(f"answered before their body was complete: {len(early)} of 40: "
+              f"{sorted(set(early.values()))}")
+        assert sum(1 for v in early.values() if b" 429 " in v) >= 40 - 16, early
+    finally:
+        for s in conns:
+            s.close()
+    # A header set already used once is refused from its headers alone.
+    h = _prechecked_headers(cluster, 2, "pipeline")
+    h["X-Ledger-Signature"] = sign_request(cluster.key_seed("pipeline"), "GET", "/v1/status", b"",
+                                           h["X-Ledger-Node"], timestamp_ms=int(h["X-Ledger-Timestamp"]),
+                                           nonce=h["X-Ledger-Nonce"])["X-Ledger-Signature"]
+    assert exchange(hostport, http_request("GET", "/v1/status", h))[0] == 200
+    t0 = time.monotonic()
+    with socket.create_connection(hostport, timeout=20) as s:
+        s.sendall(http_request("POST", "/v1/txs", h).replace(b"Content-Length: 0", b"Content-Length: 400000"))
+        status, _, body = _read_response(s)
+    assert status == 401 and b"replayed" in body and time.monotonic() - t0 < 3.0, (status, body)
+    with cluster.client(2, "pipeline") as c:
+        c.submit(anchor_txs(cluster, 1)[0])
+
+
 def test_connection_closed_after_401_and_403(cluster):
     hostport = cluster.genesis.validators[2].api_hostport
     with socket.create_connection(hostport, timeout=20) as s:
