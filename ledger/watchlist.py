@@ -201,11 +201,12 @@ class WatchlistSync:
     ``public_keys``: the genesis validator keys the tips' commit certificates are verified with;
     ``tip_sources``: distinct nodes whose certified tip must be known before a sync counts as current
     (default ``f + 1``); ``catch_up_s``: how long a node just behind the certified tip (a block committed but
-    not yet applied to its registry) is waited for before it counts as lagging.
+    not yet applied to its registry) is waited for before it counts as lagging; ``recheck_s``: how long a
+    node caught lagging is asked last before it takes its normal turn again.
     """
 
     def __init__(self, clients: Sequence[Any], watchlist: Watchlist, public_keys: Sequence[bytes],
-                 tip_sources: Optional[int] = None, catch_up_s: float = 1.0) -> None:
+                 tip_sources: Optional[int] = None, catch_up_s: float = 1.0, recheck_s: float = 60.0) -> None:
         if not clients:
             raise ValueError("at least one ledger client is needed")
         if not public_keys:
@@ -218,10 +219,12 @@ class WatchlistSync:
         if not 1 <= self.tip_sources <= len(self.clients):
             raise ValueError(f"tip_sources must be 1..{len(self.clients)}")
         self.catch_up_s = catch_up_s
+        self.recheck_s = recheck_s
         self.last_sync = 0.0
         self.seen_height = 0        # highest certified height seen from any node
         self.confirmed_height = -1  # certified height the last successful sync reached
         self.stale_nodes: dict[str, tuple[int, int]] = {}  # address -> (served height, certified height)
+        self._flagged_at: dict[str, float] = {}
         self._turn = 0
 
     def _order(self) -> list[Any]:
@@ -229,14 +232,16 @@ class WatchlistSync:
         k = self._turn % len(self.clients)
         self._turn += 1
         rotated = self.clients[k:] + self.clients[:k]
-        return ([c for c in rotated if c.address not in self.stale_nodes]
-                + [c for c in rotated if c.address in self.stale_nodes])
+        now = time.monotonic()
+        last = {a for a, t in self._flagged_at.items() if now - t < self.recheck_s}
+        return [c for c in rotated if c.address not in last] + [c for c in rotated if c.address in last]
 
     def _lagging(self, client: Any, served: int, certified: int) -> None:
         if client.address not in self.stale_nodes:
             logger.warning("ledger node %s serves height %d, behind the certified height %d: treated as stale",
                            client.address, served, certified)
         self.stale_nodes[client.address] = (served, certified)
+        self._flagged_at[client.address] = time.monotonic()
 
     def certified_tip(self, order: Sequence[Any]) -> int:
         """The highest certified height among ``tip_sources`` distinct nodes (and every height seen before)."""
@@ -320,6 +325,9 @@ class WatchlistSync:
                     behind[c.address] = served
                     continue
                 self.stale_nodes.pop(c.address, None)
+                self._flagged_at.pop(c.address, None)
+                for other in retry:  # passed over this time: asked last for a while
+                    self._lagging(other, behind[other.address], certified)
                 self.confirmed_height = certified
                 applied += self._retry_unresolved()
                 self.last_sync = time.time()

@@ -67,6 +67,22 @@ def test_watchlist_fails_closed_on_bad_records() -> None:
     assert wl.get(p).risk == 50 and p in wl.unresolved
 
 
+def test_older_records_never_undo_an_erasure_or_a_newer_version() -> None:
+    """What a lagging or lying node may serve later: older versions of subjects this watchlist already knows."""
+    kek, kid = os.urandom(32), b"kid-0001"
+    t = np.random.default_rng(7).standard_normal(128).astype(np.float32)
+    p, q = os.urandom(32), os.urandom(32)
+    wl = Watchlist({kid: kek}, CHAIN)
+    assert wl.apply_record(_rec(p, 1, kek, kid, 95, [t]))
+    wl.apply_record({"pseudonym": p.hex(), "status": "erased", "version": 2, "height": 4})
+    assert not wl.apply_record(_rec(p, 1, kek, kid, 95, [t])) or wl.get(p) is None
+    assert wl.get(p) is None and wl.match(t, 0.5) is None  # the erased subject stays erased
+    # version 2 of q is wanted but its key is missing: an older version 1 must not be applied instead
+    assert not wl.apply_record(_rec(q, 2, kek, kid, 20, [t], with_key=False))
+    assert not wl.apply_record(_rec(q, 1, kek, kid, 95, [t])) and wl.get(q) is None and q in wl.unresolved
+    assert wl.apply_record(_rec(q, 2, kek, kid, 20, [t])) and wl.get(q).risk == 20
+
+
 @pytest.mark.slow
 def test_watchlist_incremental_sync_against_cluster(tmp_path) -> None:
     cluster = make_cluster(tmp_path / "ledger")

@@ -86,6 +86,7 @@ class FakeNode:
         host, port = parse_address(address, "fake node")
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> "FakeNode":
@@ -199,3 +200,122 @@ def test_lying_node_with_an_old_watchlist_is_not_trusted(tmp_path: Any) -> None:
             if pid:
                 os.kill(pid, signal.SIGCONT)
         cluster.down()
+
+
+# -- the freshness rule on its own: fake nodes on real sockets, real Ed25519 certificates ------------------------
+
+CHAIN = "fresh-unit"
+
+
+class Chain:
+    """Four validator keys and the genesis-style inputs a WatchlistSync needs; builds certified tips."""
+
+    def __init__(self) -> None:
+        from ledger import crypto
+
+        self.keys = [crypto.PrivateKey.generate() for _ in range(4)]
+        self.public_keys = [k.public_key().to_bytes() for k in self.keys]
+
+    def tip(self, height: int, signers: tuple[int, ...] = (0, 1, 2), keys: Optional[list] = None) -> dict:
+        from ledger.types import PRECOMMIT, CommitCertificate, Vote, validator_set_hash
+
+        blk = Block.build(CHAIN, height, 0, 1_700_000_000_000 + height, b"\x01" * 32, 0,
+                          validator_set_hash(self.public_keys), [], ())
+        keys = keys or self.keys
+        cert = CommitCertificate.from_votes([Vote.create(keys[v], CHAIN, PRECOMMIT, height, 0, blk.hash(), v)
+                                             for v in signers])
+        return {"height": height, "hash": blk.hash().hex(),
+                "header": base64.b64encode(blk.header.encode()).decode(),
+                "cert": base64.b64encode(cert.encode()).decode()}
+
+
+def _record(p: bytes, version: int, height: int, risk: int, kek: bytes, kid: bytes, template: np.ndarray) -> dict:
+    record = privacy.SubjectRecord.make(risk=risk, suspect=risk > 80, templates=[template])
+    sealed = privacy.seal_record(record, CHAIN, p, version, kek, kid)
+    return {"pseudonym": p.hex(), "status": "live", "version": version, "height": height,
+            "nonce": base64.b64encode(sealed.nonce).decode(),
+            "ciphertext": base64.b64encode(sealed.ciphertext).decode(),
+            "wrapped_key": base64.b64encode(sealed.wrapped_key).decode()}
+
+
+def _nodes(chain: Chain, states: list[tuple[int, int, list[dict]]]) -> list[FakeNode]:
+    """One fake node per (certified tip height, served watchlist height, records)."""
+    return [FakeNode("127.0.0.1:0", chain.public_keys[i].hex(),
+                     {"height": served, "records": recs}, chain.tip(tip), {})
+            for i, (tip, served, recs) in enumerate(states)]
+
+
+def _sync(chain: Chain, nodes: list[Any], keks: dict, **kw: Any) -> Any:
+    from ledger.client import LedgerClient
+    from ledger.watchlist import Watchlist, WatchlistSync
+
+    clients = [LedgerClient(n.address if hasattr(n, "address") else n, os.urandom(32), 2.0,
+                            node_id=chain.public_keys[i].hex()) for i, n in enumerate(nodes)]
+    return WatchlistSync(clients, Watchlist(keks, CHAIN), chain.public_keys, **kw)
+
+
+def _closed_address() -> str:
+    from ledger.cluster import free_ports
+
+    return f"127.0.0.1:{free_ports(1)[0]}"
+
+
+def test_forged_or_under_signed_tips_do_not_count() -> None:
+    from ledger.watchlist import TipUnavailable
+
+    chain = Chain()
+    outsiders = [__import__("ledger.crypto", fromlist=["x"]).PrivateKey.generate() for _ in range(4)]
+    nodes = _nodes(chain, [(50, 50, []), (60, 60, []), (10, 10, [])])
+    nodes[0].tip = chain.tip(50, keys=outsiders)   # signed by keys not in the genesis
+    nodes[1].tip = chain.tip(60, signers=(0, 1))   # two signers: under the quorum of three
+    with nodes[0], nodes[1], nodes[2]:
+        sync = _sync(chain, [nodes[0], nodes[1], nodes[2], _closed_address()], {}, catch_up_s=0.2)
+        assert sync.tip_sources == 2  # f + 1 with four validators
+        with pytest.raises(TipUnavailable):
+            sync.sync()  # one verified tip (node 2) of the two needed
+        assert sync.seen_height == 10 and sync.confirmed_height == -1
+        nodes[1].tip = chain.tip(12)
+        nodes[1].watchlist = {"height": 12, "records": []}
+        sync.sync()
+        assert sync.confirmed_height == 12 and sync.watchlist.height == 12
+
+
+def test_lagging_node_is_passed_over_and_all_lagging_is_stale() -> None:
+    from ledger.watchlist import WatchlistStale
+
+    chain = Chain()
+    kek, kid = os.urandom(32), b"kid-0001"
+    rng = np.random.default_rng(5)
+    template = rng.standard_normal(128).astype(np.float32)
+    p = os.urandom(32)
+    old = [_record(p, 1, 5, 95, kek, kid, template)]
+    new = [_record(p, 2, 9, 20, kek, kid, template)]
+    # node 0 certifies height 10 but serves the watchlist at 6 (an old copy); nodes 1-3 serve 10
+    nodes = _nodes(chain, [(10, 6, old), (10, 10, old + new), (10, 10, old + new), (10, 10, old + new)])
+    with nodes[0], nodes[1], nodes[2], nodes[3]:
+        sync = _sync(chain, nodes, {kid: kek}, catch_up_s=0.3)
+        source = LedgerWatchlistSource(lambda: sync)
+        idx = source.sync(WatchlistIndex.empty(), 1000.0)
+        assert idx.height == 10 and idx.subjects[0].risk == 20 and not idx.is_stale(1000.0, 30.0)
+        assert nodes[0].address in sync.stale_nodes and sync.stale_nodes[nodes[0].address] == (6, 10)
+        # the rotation spreads the reads: over four syncs every honest node serves the watchlist (the lagging
+        # node is asked last for a while: recheck_s)
+        for _ in range(4):
+            idx = source.sync(idx, 1001.0)
+        served = [sum(r == "/v1/registry/watchlist" for r in n.requests) for n in nodes]
+        assert all(served[i] >= 1 for i in (1, 2, 3)), served
+        assert idx.subjects[0].risk == 20
+        # the chain moves to 14; every node still serves 10: nobody shows the watchlist current
+        for n in nodes:
+            n.tip = chain.tip(14)
+        with pytest.raises(WatchlistStale) as info:
+            sync.sync()
+        assert info.value.certified == 14 and set(info.value.served.values()) <= {6, 10}
+        stale = source.sync(idx, 1002.0)
+        assert stale.is_stale(1002.0, 30.0) and stale.height == 10  # stale now, not in 30 s
+        fr, _ = enrich_frame(_frame(template), stale, 1002.0, RiskConfig())
+        assert fr.detections[0].identity == STALE
+        # a node that catches up within catch_up_s is waited for, not declared stale
+        nodes[2].watchlist = {"height": 14, "records": old + new}
+        fresh = source.sync(stale, 1003.0)
+        assert not fresh.is_stale(1003.0, 30.0) and sync.confirmed_height == 14
