@@ -46,12 +46,27 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     return merkle.merkle_root(list(leaves))
 
 
+SEAL_BLOCK = 512  # sealed plaintexts are padded to a multiple of this: about 9 faces per step
+
+
+def padded(faces: SealedFaces, block: int = SEAL_BLOCK) -> bytes:
+    """The encoding of ``faces`` padded with zero bytes to a multiple of ``block`` (the sealed length then
+    tells the number of faces, disclosed ones included, only in steps of about ``block / 55``)."""
+    bare = len(faces.to_bytes())
+    target = -(-(bare + 4) // block) * block
+    for n in range(max(0, target - bare - 4), target - bare + 1):  # union index + varint length: 2-4 bytes
+        data = SealedFaces(faces=faces.faces, padding=b"\0" * n).to_bytes()
+        if len(data) == target:
+            return data
+    return SealedFaces(faces=faces.faces, padding=b"\0" * max(0, target - bare - 3)).to_bytes()
+
+
 def seal_decisions(frame: RedactedFrame, decisions: Sequence[FaceDecision],
                    auditor_public_key: bytes) -> tuple[bytes, bytes]:
     """(auditor key id, sealed box) of a frame's per-face decisions, bound to that frame."""
     from ledger.privacy import auditor_key_id, decisions_aad, seal_for_auditor
 
-    plain = SealedFaces(faces=tuple(scrub_face(f) for f in decisions)).to_bytes()
+    plain = padded(SealedFaces(faces=tuple(scrub_face(f) for f in decisions)))
     aad = decisions_aad(frame.camera_id, frame.epoch, frame.seq, frame.raw_sha256, frame.redacted_sha256)
     return auditor_key_id(auditor_public_key), seal_for_auditor(auditor_public_key, plain, aad)
 

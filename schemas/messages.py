@@ -112,6 +112,7 @@ class SealedFaces(Message):
     SCHEMA: ClassVar[str] = "riskmask.v1.SealedFaces"
     NESTED: ClassVar[dict[str, Type[Message]]] = {"faces": FaceDecision}
     faces: tuple[FaceDecision, ...] = ()
+    padding: Optional[bytes] = None
 
 
 @dataclass(frozen=True)

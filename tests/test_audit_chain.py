@@ -234,3 +234,17 @@ def test_blocks_written_before_the_v2_schema_still_verify_after_the_upgrade() ->
     tampered = messages[0].replace(b"default-v1", b"default-v9")
     with pytest.raises(BlockInvalid, match="Merkle root"):
         AuditChainVerifier({}, block_hash_fn=pipeline_block_hash()).feed(AuditBlock.from_bytes(tampered), 0)
+
+
+def test_sealed_length_does_not_tell_the_number_of_faces() -> None:
+    private, public = _auditor_keys()
+    from ledger.audit_decisions import open_faces
+
+    sizes = {}
+    for n in (0, 1, 3, 8):
+        rec = record_from_redacted(REDACTED, DECISIONS[:1] * n, public)
+        sizes[n] = len(rec.sealed_faces)
+        assert len(open_faces(rec, private)) == n
+    assert len(set(sizes.values())) == 1, sizes
+    big = record_from_redacted(REDACTED, DECISIONS[:1] * 12, public)
+    assert len(big.sealed_faces) > sizes[0] and len(open_faces(big, private)) == 12

@@ -51,7 +51,7 @@ SAMPLES: dict[str, dict] = {
                                 "image_key_id": None},
     "riskmask.v1.FaceDecision": FACE_DETECTED,
     "riskmask.v1.MaskRegion": MASK,
-    "riskmask.v1.SealedFaces": {"faces": [FACE_DETECTED, FACE_SUSPECT]},
+    "riskmask.v1.SealedFaces": {"faces": [FACE_DETECTED, FACE_SUSPECT], "padding": b"\x00" * 7},
     "riskmask.v1.RedactedFrame": {
         "camera_id": "gate-3", "epoch": T0, "seq": 41, "capture_ts_us": T0 + 1_640_000,
         "processed_ts_us": T0 + 1_702_113, "width": 512, "height": 512, "encoding": "jpeg", "image": JPEG,
