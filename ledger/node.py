@@ -49,12 +49,6 @@ GOSSIP_INTERVAL_S = 0.005
 MAX_FUTURE_MS = 10_000
 MAX_PENDING_EVIDENCE = 1000
 ADMIT_CHUNK = 8  # transactions verified between yields to the event loop
-TX_INBOX_MAX = 1000  # gossip frames waiting for admission
-TX_INBOX_BYTES = 64 * 1024 * 1024  # their bytes, all peers together (beyond it, proposals carry the txs)
-TX_INBOX_PEER_BYTES = 24 * 1024 * 1024  # one peer's share; a peer past it is cut off
-TX_RECENT_FRAMES = 4096  # digests of recent gossip frames: a duplicate frame is dropped unread
-MAX_PROPOSALS_PER_ROUND = 4  # different proposals one peer may send for one (height, round)
-MAX_PROPOSAL_ROUNDS_PER_PEER = 64  # (height, round) pairs one peer may propose for above our height
 ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
 
 
@@ -294,37 +288,6 @@ class LedgerNode(BlockSync, NodeView):
             return False
         return True
 
-    def _note_peer_height(self, peer: int, height: int, block_hash: bytes = b"", cert: bytes = b"") -> None:
-        """A node that started with no data cannot know what it signed before the data was lost. It stays
-        silent until f+1 distinct validators told it their height, each height above 0 proven by a commit
-        certificate checked against the genesis keys (so at least one of them is honest, and none can claim a
-        height the validators did not commit); then through the highest of those heights + 2, so it can never
-        contradict a vote it cast before the wipe. One forged status ends nothing."""
-        if self._quiet_through is None or self._quiet_through >= 0:
-            return
-        if height > 0:
-            try:
-                if len(block_hash) != 32:
-                    raise ValueError("no tip block hash")
-                verify_commit(CommitCertificate.decode(cert), self.chain_id, self.public_keys, block_hash, height,
-                              self.verifier)
-            except (LedgerError, ValueError) as exc:
-                if peer not in self._uncertified_warned:
-                    self._uncertified_warned.add(peer)
-                    logger.warning("ignoring an uncertified status from validator %d (height %d): %s", peer,
-                                   height, exc)
-                return
-        self._certified[peer] = max(height, self._certified.get(peer, 0))
-        if len(self._certified) < self.genesis.f + 1:
-            logger.info("started without data: heard validators %s, waiting for %d before signing anything",
-                        sorted(self._certified), self.genesis.f + 1)
-            return
-        top = max(self._certified.values())
-        self._quiet_through = top + 2 if top > 0 else None
-        if self._quiet_through:
-            logger.warning("started without data while the chain is at height %d: not signing anything "
-                           "before height %d", top, self._quiet_through + 1)
-
     def _fire(self, ev: Any) -> None:
         if not self._closing:
             self.feed(ev)
@@ -548,72 +511,6 @@ class LedgerNode(BlockSync, NodeView):
                 logger.debug("ignoring frame type %d from validator %d", mtype, peer)
         except (LedgerError, ValueError) as exc:
             logger.debug("bad frame type %d from validator %d: %s", mtype, peer, exc)
-
-    def _status_body(self) -> bytes:
-        """STATUS: our height and round, with the tip's hash and certificate (proof of the height)."""
-        h = self.store.height
-        if h == 0:
-            return sync.encode_status(0, self._round())
-        if self._status_cache[0] != h:
-            b = self.store.get_block(h)
-            self._status_cache = (h, b.hash, b.cert)
-        return sync.encode_status(h, self._round(), self._status_cache[1], self._status_cache[2])
-
-    def _note_proposal(self, peer: int, p: Proposal, body: bytes) -> bool:
-        """True when a proposal frame should reach consensus. Duplicates are dropped (one copy may pass again
-        once its height is current: the first may have come too early to be kept); a peer that sends more
-        than MAX_PROPOSALS_PER_ROUND different proposals for one (height, round), or proposals for more than
-        MAX_PROPOSAL_ROUNDS_PER_PEER (height, round) pairs ahead of us, is flooding and is cut off."""
-        stub, top = p.stub, self.store.height
-        if stub.height <= top:
-            return False
-        key = (peer, stub.height, stub.round)
-        seen = self._proposals_seen.get(key)
-        if seen is None:
-            if len(self._proposals_seen) >= 64:
-                self._proposals_seen = {k: v for k, v in self._proposals_seen.items() if k[1] > top}
-            if sum(1 for k in self._proposals_seen if k[0] == peer) >= MAX_PROPOSAL_ROUNDS_PER_PEER:
-                self.p2p.cut_off(peer, f"proposals for more than {MAX_PROPOSAL_ROUNDS_PER_PEER} rounds ahead")
-                return False
-            seen = self._proposals_seen[key] = {}
-        digest, current = crypto.sha256(body), stub.height == top + 1
-        if digest in seen and (seen[digest] or not current):
-            return False
-        seen[digest] = current
-        if len(seen) > MAX_PROPOSALS_PER_ROUND:
-            self.p2p.cut_off(peer, f"{len(seen)} different proposals for height {stub.height} round {stub.round}")
-            return False
-        return True
-
-    def _queue_gossip(self, peer: int, body: bytes) -> None:
-        """Queue a gossiped transactions frame for admission, within the inbox's byte budgets."""
-        digest = crypto.sha256(body)
-        if digest in self._tx_recent:
-            return  # a duplicate frame
-        self._tx_recent[digest] = None
-        if len(self._tx_recent) > TX_RECENT_FRAMES:
-            self._tx_recent.popitem(last=False)
-        if self._tx_inbox_peer[peer] + len(body) > TX_INBOX_PEER_BYTES:
-            self.p2p.cut_off(peer, f"gossip inbox share over {TX_INBOX_PEER_BYTES} bytes")
-            return
-        if len(self._tx_inbox) >= TX_INBOX_MAX or self._tx_inbox_bytes + len(body) > TX_INBOX_BYTES:
-            return  # beyond it, proposals still carry the txs
-        self._tx_inbox.append((peer, digest, body))
-        self._tx_inbox_bytes += len(body)
-        self._tx_inbox_peer[peer] += len(body)
-        if self._tx_task is None:
-            self._tx_task = asyncio.get_running_loop().create_task(self._tx_worker())
-
-    def _on_peer_fault(self, peer: int, reason: str) -> None:
-        """Record a validator the p2p layer cut off (off the loop: the write fsyncs)."""
-        def record() -> None:
-            try:
-                self.store.add_peer_fault(peer, reason, now_ms())
-            except StoreError as exc:
-                logger.error("could not record the fault of validator %d: %s", peer, exc)
-
-        if not self._closing:
-            asyncio.get_running_loop().run_in_executor(self._io, record)
 
     async def _status_loop(self) -> None:
         while True:

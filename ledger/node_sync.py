@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 from ledger import p2p, sync
 from ledger.consensus.events import CommitReceived
+from ledger.node_peers import PeerGuards
 from ledger.types import Block, CommitCertificate
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,8 @@ class SyncDone:
     upto: int
 
 
-class BlockSync:
-    """Sync requests, responses and progress checks for a node."""
+class BlockSync(PeerGuards):
+    """Sync requests, responses and progress checks for a node (and, inherited, its peer guards)."""
 
     store: Any
     p2p: Any
@@ -61,7 +62,12 @@ class BlockSync:
         return sync.encode_response(items)
 
     def _on_sync_response(self, peer: int, items: list[tuple[bytes, bytes]]) -> None:
-        """Queue the blocks that extend our chain (consensus verifies each certificate), then check progress."""
+        """Queue the blocks that extend our chain (consensus verifies each certificate), then check progress.
+        Only the peer asked, while the request is open, may answer: unsolicited responses are dropped."""
+        inflight = self._sync_inflight
+        if inflight is None or inflight[0] != peer:
+            logger.debug("dropping an unsolicited sync response from validator %d", peer)
+            return
         self._sync_inflight = None
         expect = self.store.height + 1
         fed = 0
