@@ -2,10 +2,11 @@
 
 Policies are versioned JSON data files (``pipelines/policies/<name>.json``). Two kinds:
 
-* ``paper``: the paper's equations exactly. Eq. 1 risk group values (30 / 3 / 0 / 0), Eq. 2-3 difficulty
-  D(x) = value(x) + value(x+1) + value(x+2) (33 / 3 / 0 / 0), Eq. 4 suspect difficulty s (0.3 suspect, 0.7 not;
-  suspects also get a smaller mask), Eq. 5 Gaussian sigma = s * ((D - 1) * 0.5 - 1) + 0.8 with kernel size D;
-  D = 0 means disclosed.
+* ``paper``: the paper's equations as printed, with our reading of equation 5. Eq. 1 risk group values
+  (30 / 3 / 0 / 0), Eq. 2-3 difficulty D(x) = value(x) + value(x+1) + value(x+2) (33 / 3 / 0 / 0), Eq. 4 suspect
+  difficulty s (0.3 suspect, 0.7 not; suspects also get a smaller mask). Eq. 5 is printed with unbalanced
+  brackets (``s * ((D - 1 * 0.5 - 1) + 0.8``); we read it as sigma = s * ((D - 1) * 0.5 - 1) + 0.8 with kernel
+  size D (docs/policy.md lists the other readings); D = 0 means disclosed.
 * ``levels``: named strength levels normalised to the face width (Gaussian sigma as a fraction of the width,
   or pixel blocks across the face), assigned per risk group and suspect flag; calibrated by measurement
   (docs/masking-calibration.md).
@@ -193,7 +194,8 @@ class Policy:
 
 def spec_digest(policy: Policy) -> str:
     """SHA-256 of the policy's JSON spec (canonical form) plus its mode: ties a calibration to one policy."""
-    canon = json.dumps({"spec": policy.spec, "mode": policy.mode}, sort_keys=True, separators=(",", ":"))
+    spec = {k: v for k, v in policy.spec.items() if k != "description"}  # prose does not change a decision
+    canon = json.dumps({"spec": spec, "mode": policy.mode}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 

@@ -369,9 +369,6 @@ def cmd_redact(args: argparse.Namespace) -> int:
             return load_detector(args.detector, threads=args.threads, score_threshold=args.threshold)
         except ModelError as exc:
             raise UserError(str(exc)) from exc
-    if policy.mode == "pixelate":
-        logger.warning("pixelate is not calibrated to defeat face recognition on every face "
-                       "(docs/policy.md); the default gaussian mode is")
     red = Redactor(detector_loader, policy, scale=args.scale, mask_scale=args.mask_scale, shape=args.shape)
     options = VideoOptions(keep_audio=not args.no_audio, keep_metadata=not args.strip_metadata, crf=args.crf,
                            preset=args.preset)

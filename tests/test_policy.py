@@ -1,4 +1,4 @@
-"""The paper's equations 1-5 exactly, and the calibrated default policy's structure."""
+"""The paper's equations 1-5 (our reading of the printed equation 5), and the calibrated default policy's structure."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def calibration() -> dict:
     return json.loads(RESULT.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("mode", [None, "solid"])
+@pytest.mark.parametrize("mode", [None, "solid", "pixelate"])
 def test_committed_calibration_default_never_reidentifies_a_non_suspect(calibration: dict, mode) -> None:
     policy = Policy.load("default", mode=mode)
     assert calibration_violations(calibration, policy) == []
