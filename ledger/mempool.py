@@ -1,7 +1,8 @@
 """The node's mempool: verified, deduplicated transactions waiting for a block, bounded in count and bytes.
 
-Admission (signature, sender role, registry state) happens in :mod:`ledger.node`; this module only keeps
-the admitted transactions in arrival order and hands the oldest ones to the block builder.
+Admission (signature, the kinds table of :mod:`ledger.registry.kinds`, registry state) happens in
+:mod:`ledger.node`; this module only keeps the admitted transactions in arrival order and hands the oldest
+ones to the block builder.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@
   and read with the ledger's one binary codec (:mod:`ledger.codec`);
 * :mod:`ledger.registry.state` — the SQLite index of the registry state a node derives from its blocks;
 * :mod:`ledger.registry.service` — :class:`~ledger.registry.service.RegistryService`, the application a
-  node drives: ``check_tx`` (admission), ``process_proposal`` (a proposed block), ``apply_block`` (a
-  finalized block), plus the deletable key store hooks;
+  node drives: ``check_tx`` (admission: the table, then the state), ``apply_block`` (a finalized block),
+  plus the deletable key store hooks; a proposed block is checked with the table alone
+  (``kinds.check`` per transaction, in ``ledger.node``), so honest nodes vote nil on a breaking one;
 * :mod:`ledger.registry.endpoints` — its HTTP endpoints.
 
 This package imports only the ledger core (codec, errors, and lazily the HTTP server and client), never
