@@ -372,7 +372,7 @@ def camera_frame_key(camera_id: str, keys_dir: Optional[Path] = None, create: bo
 
 def _keys_dir_option(p) -> None:
     p.add_argument("--keys-dir", type=Path, default=None,
-                   help=f"keyring directory (default: ${ENV_KEYS_DIR} or ~/.riskmask/keys)")
+                   help=f"keyring directory (default: ${ENV_KEYS_DIR} or ./.riskmask/keys)")
 
 
 def add_commands(sub) -> None:

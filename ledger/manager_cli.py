@@ -56,13 +56,13 @@ def register_commands(sub: Sub) -> None:  # type: ignore[valid-type]
 
 def _keys_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys-dir", type=Path, default=None,
-                   help=f"keyring directory (default: ${keyring.ENV_KEYS_DIR} or ~/.riskmask/keys)")
+                   help=f"keyring directory (default: ${keyring.ENV_KEYS_DIR} or ./.riskmask/keys)")
 
 
 def _ledger_options(p: argparse.ArgumentParser, role: str = "manager") -> None:
     p.add_argument("--ledger-dir", type=Path, default=None,
                    help="ledger cluster directory with genesis.json and keys/ (default: $RISKMASK_LEDGER_DIR "
-                        "or ~/.riskmask/ledger)")
+                        "or ./.riskmask/ledger)")
     p.add_argument("--key", type=Path, default=None, help=f"client key file (default: <ledger-dir>/keys/{role}.key)")
 
 
