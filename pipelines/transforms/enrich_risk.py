@@ -276,6 +276,9 @@ class _EnrichRiskFn(beam.DoFn):
         if not self._config.background_sync:
             self._refresher.maybe_sync()
         index = self._refresher.index
+        from pipelines.metrics import observe_watchlist  # /metrics of riskmask run: height and age
+
+        observe_watchlist(index.height, index.synced_at)
         if self._cache_index is not index:
             self._cache.clear()  # results are only valid for the index they were computed on
         self._cache_index = index
