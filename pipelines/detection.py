@@ -230,6 +230,12 @@ def tiny_pass_regions(regions: Sequence[Region] | None, width: int, height: int,
     return out
 
 
+def split_region(region: Region, tile: int, overlap: int) -> list[Region]:
+    """``region`` as overlapping windows of at most ``tile`` px a side (itself when it fits), image pixels."""
+    x, y, w, h = region
+    return [(x + tx, y + ty, tw, th) for tx, ty, tw, th in tiles(h, w, max(1, tile), overlap)]
+
+
 def from_upscaled(dets: Iterable[Detection], region: Region, factor: float,
                   max_width: float = TINY_FACE_MAX_WIDTH) -> list[Detection]:
     """Detections made on ``region`` upscaled by ``factor``, back in image pixels; only faces up to

@@ -152,3 +152,12 @@ def test_merge_passes_keeps_one_copy_of_a_face_seen_twice() -> None:
     merged = dp.merge_passes(normal, tiny, 400, 200)
     assert [m.score for m in merged] == [0.9, 0.65]
     assert dp.merge_passes([], [], 400, 200) == []
+
+
+def test_split_region_windows_cover_it_with_overlap() -> None:
+    assert dp.split_region((10, 20, 300, 200), 512, 96) == [(10, 20, 300, 200)]
+    wins = dp.split_region((100, 0, 1300, 600), 512, 96)
+    assert all(w <= 512 and h <= 512 for _, _, w, h in wins)
+    xs = sorted({x for x, _, _, _ in wins})
+    assert xs[0] == 100 and max(x + w for x, _, w, _ in wins) == 1400
+    assert all(b - a <= 512 - 96 for a, b in zip(xs, xs[1:]))

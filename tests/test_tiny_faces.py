@@ -132,3 +132,19 @@ def test_redact_cli_default_masks_tiny_faces(scene, tmp_path, capsys) -> None:
     assert masked >= 11, out
     manifest = json.loads((tmp_path / "m.json").read_text())
     assert "tiny2x" in json.dumps(manifest)
+
+
+def test_large_frame_tiny_pass_runs_in_windows_without_duplicates() -> None:
+    """A frame whose 2x copy exceeds max_side is searched in overlapping windows; faces on window edges are
+    found once."""
+    sources = sample_data.face_sources()
+    # max_side 1024 -> windows of 512 px (frame pixels) every 416 px: faces centred on window edges 512 / 928
+    centres = [(512.0, 300.0), (928.0, 512.0), (1344.0, 928.0), (300.0, 1300.0), (1800.0, 200.0), (2200.0, 1500.0)]
+    placements = [scenes.Placement(i % len(sources), 11, c) for i, c in enumerate(centres)]
+    frame, boxes = scenes.compose_frame(sources, placements, sample_data.background("rocket"), size=(2600, 1800))
+    det = load_detector("yunet", max_side=1024)
+    dets = det.detect(frame)
+    assert _found(dets, boxes) >= 5, f"{_found(dets, boxes)}/6 found"
+    assert len(dets) <= 7  # a face seen in two windows is kept once
+    plain = load_detector("yunet", max_side=1024, tiny_factor=0)
+    assert _found(plain.detect(frame), boxes) < _found(dets, boxes)

@@ -171,12 +171,22 @@ class TinyFacePass:
         _check_image(image_bgr)
         h, w = image_bgr.shape[:2]
         found: list[dp.Detection] = []
-        for region in dp.tiny_pass_regions(regions, w, h, self.max_width):
-            x, y, rw, rh = region
-            crop = image_bgr[y:y + rh, x:x + rw]
-            big = cv2.resize(crop, (max(1, round(rw * self.factor)), max(1, round(rh * self.factor))),
-                             interpolation=cv2.INTER_LINEAR)
-            found += dp.from_upscaled(self.base.detect(big), region, self.factor, self.max_width)
+        # Upscaled windows stay within the base detector's max_side (memory bounded, no nested tiling); a face
+        # cut by an inner window edge is seen whole in the neighbouring window (overlap >= 2 x max_width).
+        tile = max(1, int(getattr(self.base, "max_side", dp.TINY_FACE_MAX_WIDTH * 32) / self.factor))
+        overlap = int(2 * self.max_width)
+        for area in dp.tiny_pass_regions(regions, w, h, self.max_width):
+            for window in dp.split_region(area, tile, overlap):
+                x, y, rw, rh = window
+                big = cv2.resize(image_bgr[y:y + rh, x:x + rw],
+                                 (max(1, round(rw * self.factor)), max(1, round(rh * self.factor))),
+                                 interpolation=cv2.INTER_LINEAR)
+                dets = self.base.detect(big)
+                if window != area:  # drop copies cut by an inner window edge (in upscaled window pixels)
+                    inner = (x - area[0], y - area[1], rw, rh)
+                    dets = [d for d in dets if not dp.touches_inner_edge(
+                        d.shifted(0, 0, 1 / self.factor), inner, area[2], area[3])]
+                found += dp.from_upscaled(dets, window, self.factor, self.max_width)
         return found
 
 
