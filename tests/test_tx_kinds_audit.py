@@ -15,8 +15,8 @@ import pytest
 from ledger import audit, crypto, payloads
 from ledger.config import ClientInfo, ClientRegistry, Genesis, ValidatorInfo
 from ledger.exporter import to_ledger_block
-from ledger.types import PRECOMMIT, TX_ANCHOR, TX_REGISTER, Block, CommitCertificate, Transaction, Vote, \
-    validator_set_hash
+from ledger.types import (PRECOMMIT, TX_ANCHOR, TX_REGISTER, Block, CommitCertificate, Transaction, Vote,
+                          validator_set_hash)
 
 CHAIN = "kinds-audit"
 T0 = 1_700_000_000_000
