@@ -35,8 +35,8 @@ flood cannot lock real validators out for longer than it keeps reconnecting). St
 
 Budgets: each peer's send queue holds at most :data:`SEND_QUEUE_BYTES`; a peer that does not read past that is
 cut off. :meth:`P2P.cut_off` disconnects a validator, records the reason (``on_fault``) and refuses it for a
-while (10 s, doubling on every repeat up to 5 minutes). The node uses it for its own budgets (proposal
-buffer, gossip inbox).
+while (10 s, doubling on every repeat up to 5 minutes; back to 10 s after 5 quiet minutes). The node uses
+it for its own budgets (proposal buffer, gossip inbox: :mod:`ledger.node_peers`).
 """
 
 from __future__ import annotations
@@ -237,9 +237,12 @@ class P2P:
 
     def cut_off(self, peer: int, reason: str) -> None:
         """Disconnect validator ``peer`` for breaking a budget or the protocol; refuse it for a while."""
+        now = time.monotonic()
+        if now - self._banned_until.get(peer, now) > BAN_MAX_S:  # well behaved for a long while: start over
+            self._ban_s.pop(peer, None)
         ban = min(BAN_MAX_S, self._ban_s.get(peer, BAN_MIN_S / 2) * 2)
         self._ban_s[peer] = ban
-        self._banned_until[peer] = time.monotonic() + ban
+        self._banned_until[peer] = now + ban
         logger.warning("cut off validator %d for %.0f s: %s", peer, ban, reason)
         self.faults.append((peer, reason))
         del self.faults[:-100]
