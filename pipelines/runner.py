@@ -134,10 +134,10 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
     build(p, opts, detector_factory=detector_factory,
           recognition=recognition_from_options(opts, recognizer_factory=recognizer_factory),
           audit=audit_from_options(opts))
-    result = p.run()
-    if health is not None:
+    if health is not None:  # the local runner runs inside p.run(); a portable one returns at once
         health.set_running(True)
     try:
+        result = p.run()
         state = result.wait_until_finish()
     finally:
         if health is not None:
@@ -337,10 +337,16 @@ def _run_main(args: argparse.Namespace) -> int:
 
 
 def _check_broker_first(argv: Sequence[str]) -> None:
-    """Fail within the connect timeout, before Beam is even imported, when no broker answers."""
+    """Check the options, then fail within the connect timeout, before the pipeline is built, when no broker
+    answers."""
     import types
 
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     from pipelines.kafkaio.security import check_reachable, client_config
+    from pipelines.options import validate
+
+    validate(PipelineOptions(list(argv)))
 
     opts: dict[str, Any] = {}
     for flag in argv:
@@ -348,6 +354,8 @@ def _check_broker_first(argv: Sequence[str]) -> None:
         opts[name] = value if eq else True
     if "connect_timeout_s" in opts:
         opts["connect_timeout_s"] = float(opts["connect_timeout_s"])
+    logger.info("connecting to Kafka at %s (%s, timeout %s s)", opts.get("kafka_bootstrap_servers"),
+                opts.get("kafka_security_protocol") or "PLAINTEXT", opts.get("connect_timeout_s"))
     check_reachable(str(opts.get("kafka_bootstrap_servers", "")), client_config(types.SimpleNamespace(**{
         k: opts.get(k) for k in ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
                                  "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile",

@@ -48,6 +48,17 @@ def ort_providers(name: str) -> list[str]:
     return [p for p in wanted if p in have]
 
 
+def session_of(model: Any) -> Any:
+    """The onnxruntime session inside a detector or recogniser (through wrappers such as the tiny-face pass)."""
+    seen = 0
+    while model is not None and seen < 8:
+        session = getattr(model, "_session", None)
+        if session is not None:
+            return session
+        model, seen = getattr(model, "base", None), seen + 1
+    raise ProviderError("cannot find the onnxruntime session of this model to check its provider")
+
+
 def check_session(session: Any, name: str) -> None:
     """Refuse a session on which onnxruntime silently replaced the requested provider."""
     key = (name or DEFAULT_PROVIDER).strip().lower()
@@ -69,7 +80,7 @@ class DetectorFactory:
 
         det = load_detector(self.name, threads=self.threads, score_threshold=self.score_threshold,
                             providers=ort_providers(self.provider))
-        check_session(det._session, self.provider)
+        check_session(session_of(det), self.provider)
         return det
 
 
@@ -83,9 +94,9 @@ class RecognizerFactory:
         from pipelines.models.recognizer import load_recognizer
 
         rec = load_recognizer(threads=self.threads, provider=self.provider)
-        check_session(rec._session, self.provider)
+        check_session(session_of(rec), self.provider)
         return rec
 
 
 __all__ = ["DEFAULT_PROVIDER", "DetectorFactory", "PROVIDERS", "ProviderError", "RecognizerFactory",
-           "available", "check_session", "ort_providers"]
+           "available", "check_session", "ort_providers", "session_of"]
