@@ -214,6 +214,37 @@ def test_non_validator_gets_no_signature(cluster):
     assert not signed_ours, "validator 3 signed our challenge before we proved anything"
     assert len(data) <= 64, f"the node sent {len(data)} bytes to an unauthenticated peer"
 
+    # The same host speaking the current handshake, claiming validator 0 with its own key: it gets the
+    # node's ephemeral key (nothing signed), then, with a proof that does not verify, only a closed socket.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    async def probe_current() -> tuple[bytes, bytes]:
+        r, w = await asyncio.open_connection(*g.validators[3].p2p_hostport)
+        try:
+            eph = X25519PrivateKey.generate()
+            e_i = eph.public_key().public_bytes_raw()
+            w.write(p2p.MAGIC + g.hash() + struct.pack(">HH", 0, 3) + e_i)
+            await w.drain()
+            msg2 = await _read_some(r, p2p.MSG2_LEN, 5.0)
+            if len(msg2) != p2p.MSG2_LEN:
+                return msg2, b""
+            th = p2p.transcript_hash(g.hash(), 0, 3, e_i, msg2[4:])
+            chan = p2p.derive_channel(eph, msg2[4:], th, initiator=True)
+            fake = crypto.PrivateKey.generate()  # not validator 0's key
+            w.write(chan.seal_auth(fake.sign(p2p.DOMAIN_P2P_AUTH, p2p.DIR_INITIATOR + th, g.chain_id)))
+            await w.drain()
+            try:
+                rest = await asyncio.wait_for(r.read(), 6.0)
+            except (asyncio.TimeoutError, ConnectionError):
+                rest = b"?timeout"
+            return msg2, rest
+        finally:
+            w.close()
+
+    msg2, rest = asyncio.run(probe_current())
+    assert len(msg2) == p2p.MSG2_LEN and msg2[:4] == p2p.MAGIC
+    assert rest == b"", f"after a failed proof the node sent {len(rest)} more bytes or kept the connection"
+
 
 # -- unauthenticated memory exhaustion ---------------------------------------------------------------------
 
