@@ -165,3 +165,22 @@ def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.2):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
+
+
+def redacted_frame_v1(camera: str, seq: int, jpeg: bytes) -> bytes:
+    """A RedactedFrame written with the v1 schema (schemas/history), whose faces still carried identity class,
+    risk group, suspect flag, track id and subject reference: what an older pipeline could have left on the
+    topic. The console must show none of it."""
+    from schemas import serde
+
+    [writer] = serde._history()["riskmask.v1.RedactedFrame"].values()
+    face = {"x": 10, "y": 10, "w": 40, "h": 50, "score": 0.9, "track_id": 4242, "source": "detected",
+            "identity": "matched", "risk_group": 3, "suspect": True, "mode": "none", "shape": "box",
+            "strength": 0.0, "mask_scale": 1.0, "subject_ref": LEAK}
+    now_us = int(time.time() * 1e6)
+    return serde.encode_with_schema(writer, {
+        "camera_id": camera, "epoch": 1, "seq": seq, "capture_ts_us": now_us - 50_000, "processed_ts_us": now_us,
+        "width": 0, "height": 0, "encoding": "jpeg", "image": jpeg, "raw_sha256": b"\0" * 32,
+        "redacted_sha256": hashlib.sha256(jpeg).digest(), "policy_id": "default-v1", "detector_id": "yunet",
+        "recognizer_id": "sface", "watchlist_height": 3, "degraded": False, "degraded_reason": None,
+        "faces": [face], "source_topic": "", "source_partition": -1, "source_offset": -1})

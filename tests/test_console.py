@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.console_util import (LEAK, dead_letter, http, produce, redacted_frame, start_console, topic_args, topics,
-                                wait_until)
+from tests.console_util import (LEAK, dead_letter, http, produce, redacted_frame, redacted_frame_v1, start_console,
+                                topic_args, topics, wait_until)
 
 PROTECTED = [("GET", "/"), ("GET", "/api/state"), ("GET", "/api/events"), ("GET", "/api/frame/cam-1"),
              ("POST", "/api/audit"), ("GET", "/api/audit"), ("GET", "/static/console.js")]
@@ -84,8 +84,17 @@ def test_listens_on_loopback_only(console) -> None:
     assert _listening_addresses(console.port) == {"0100007F"}  # 127.0.0.1, nothing else
 
 
+def _topics_ready(console) -> None:
+    def ready() -> bool:
+        r = http(console.url + "api/state", token=console.token).json()["topics_ready"]
+        return len(r) == 3 and all(r.values())
+
+    wait_until(ready, 30, "the console to be positioned on its topics")
+
+
 def test_live_numbers_from_the_output_topics(console, kafka_bootstrap) -> None:
     t = console.topics
+    _topics_ready(console)
     # offsets 0..9 on the raw topic, one record per batch as a paced camera sends them (the embedded broker
     # reports the base offset of the last batch as the end offset)
     produce(kafka_bootstrap, t["raw"], [b"raw-%d" % i for i in range(10)], one_by_one=True)
@@ -94,15 +103,21 @@ def test_live_numbers_from_the_output_topics(console, kafka_bootstrap) -> None:
               for i in range(6)]
     produce(kafka_bootstrap, t["redacted"], [f.to_bytes() for f in frames], key=b"cam-1")
     produce(kafka_bootstrap, t["dlq"], [dead_letter("cam-1", 7).to_bytes(), b"garbage"])
-    produce(kafka_bootstrap, t["redacted"], [b"not avro"])
+    produce(kafka_bootstrap, t["redacted"], [b"not avro", redacted_frame_v1("cam-v1", 0, b"\xff\xd8v1\xff\xd9")])
+
+    last = {}
 
     def state():
-        s = http(console.url + "api/state", token=console.token).json()
+        s = last["s"] = http(console.url + "api/state", token=console.token).json()
         cams = {c["camera_id"]: c for c in s["cameras"]}
-        ok = cams.get("cam-1", {}).get("frames") == 6 and s["totals"]["dlq"] == 2 and cams["cam-1"]["lag"] == 4
+        ok = (cams.get("cam-1", {}).get("frames") == 6 and s["totals"]["dlq"] == 2 and cams["cam-1"]["lag"] == 4
+              and cams.get("cam-v1", {}).get("frames") == 1)
         return s if ok else None
 
-    s = wait_until(state, 30, "the console to count the produced records")
+    try:
+        s = wait_until(state, 30, "the console to count the produced records")
+    except AssertionError:
+        raise AssertionError(f"console state: {last.get('s')}") from None
     cam = {c["camera_id"]: c for c in s["cameras"]}["cam-1"]
     assert cam["masks_by_level"] == {"gaussian": 12, "none": 6}
     assert cam["degraded"] == 1 and cam["dlq"] == 1 and cam["fps"] > 0
@@ -110,8 +125,10 @@ def test_live_numbers_from_the_output_topics(console, kafka_bootstrap) -> None:
     assert s["totals"]["undecodable"] == {"redacted": 1, "dlq": 1}
     jpeg = http(console.url + "api/frame/cam-1", token=console.token)
     assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content == frames[-1].image
-    # no identity of any kind leaves the console, whatever the records carry
-    text = json.dumps(s)
+    # no identity of any kind leaves the console, whatever the records carry (the v1 frame carried all of them)
+    v1 = http(console.url + "api/frame/cam-v1", token=console.token)
+    assert v1.content == b"\xff\xd8v1\xff\xd9"
+    text = json.dumps(s) + http(console.url + "api/state", token=console.token).text
     for needle in (LEAK, "subject_ref", "track_id", "suspect", "identity", "risk_group", "4242"):
         assert needle not in text
     assert http(console.url + "api/frame/nosuch", token=console.token).status_code == 404

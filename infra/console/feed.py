@@ -85,6 +85,7 @@ class ConsoleState:
         self.ledger: dict[str, Any] = {"height": None, "nodes_up": 0, "nodes_total": 0, "last_block_time_ms": None}
         self.audit: dict[str, Any] = {"state": "idle"}
         self.feed_error: Optional[str] = None
+        self.feed_ready: dict[str, bool] = {}  # topic -> assigned and positioned
         self.started = time.time()
 
     def camera(self, camera_id: str) -> CameraStats:
@@ -162,6 +163,7 @@ class ConsoleState:
             totals = {"frames": sum(c["frames"] for c in cams), "dlq": self.dlq_total,
                       "degraded": sum(c["degraded"] for c in cams), "undecodable": dict(self.undecodable)}
             feed_error = self.feed_error
+            feed_ready = dict(self.feed_ready)
         last = ledger.get("last_block_time_ms")
         ledger["last_block_age_s"] = round(now - last / 1000.0, 1) if last else None
         wl = [c["watchlist_height"] for c in cams if c["watchlist_height"] is not None]
@@ -171,7 +173,8 @@ class ConsoleState:
             wtime = ledger.get("watchlist_block_time_ms")
             watchlist["age_s"] = round(now - wtime / 1000.0, 1) if wtime else None
         return {"now": now, "uptime_s": round(now - self.started, 1), "cameras": cams, "totals": totals,
-                "ledger": ledger, "watchlist": watchlist, "audit": audit, "feed_error": feed_error}
+                "ledger": ledger, "watchlist": watchlist, "audit": audit, "feed_error": feed_error,
+                "topics_ready": feed_ready}
 
 
 class TopicFeed(threading.Thread):
@@ -182,7 +185,8 @@ class TopicFeed(threading.Thread):
         super().__init__(name="console-feed", daemon=True)
         self.state, self.bootstrap, self.topics, self.from_beginning = state, bootstrap, topics, from_beginning
         self.stop_event = threading.Event()
-        self.ready = threading.Event()
+        with state.lock:
+            state.feed_ready = {t: False for t in (topics.redacted, topics.audit, topics.dlq) if t}
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -193,8 +197,10 @@ class TopicFeed(threading.Thread):
         consumer = None
         while not self.stop_event.is_set():
             try:
+                # earliest: a fetch answered "out of range" (a broker racing a first write, or retention) goes
+                # back rather than jumping past records
                 consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                         client_id="riskmask-console", fetch_max_bytes=64 << 20,
+                                         client_id="riskmask-console", auto_offset_reset="earliest", fetch_max_bytes=64 << 20,
                                          max_partition_fetch_bytes=16 << 20, request_timeout_ms=15000)
                 self._loop(consumer)
             except Exception as exc:  # noqa: BLE001 - keep serving the page; say what is wrong, retry
@@ -210,7 +216,7 @@ class TopicFeed(threading.Thread):
     def _loop(self, consumer: Any) -> None:
         from kafka import TopicPartition
 
-        wanted = (self.topics.redacted, self.topics.audit, self.topics.dlq)
+        wanted = tuple(t for t in (self.topics.redacted, self.topics.audit, self.topics.dlq) if t)
         assigned: set[TopicPartition] = set()
         known_at_start = set(consumer.topics()) if not self.from_beginning else set()
         next_assign = next_lag = 0.0
@@ -226,18 +232,20 @@ class TopicFeed(threading.Thread):
                     added = new - assigned
                     assigned |= new
                     consumer.assign(sorted(assigned))
-                    for tp in added:  # topics that existed when the console started: live from now on
-                        if tp.topic in known_at_start:
-                            consumer.seek_to_end(tp)
-                        else:
-                            consumer.seek_to_beginning(tp)
-                    self.ready.set()
-                elif not wanted:
-                    self.ready.set()
+                    # Topics that existed when the console started: live from their end now; new topics: all.
+                    # Explicit offsets, not seek_to_end(): a lazy seek resolved at the first fetch would skip
+                    # what arrives in between.
+                    live = [tp for tp in added if tp.topic in known_at_start]
+                    ends = consumer.end_offsets(live) if live else {}
+                    for tp in added:
+                        consumer.seek(tp, int(ends.get(tp, 0)))
+                        logger.info("console feed: %s[%d] from offset %d", tp.topic, tp.partition,
+                                    int(ends.get(tp, 0)))
+                with self.state.lock:
+                    self.state.feed_ready = {t: any(tp.topic == t for tp in assigned) for t in wanted}
             with self.state.lock:
                 self.state.feed_error = None
             if not assigned:
-                self.ready.set()
                 self.stop_event.wait(0.5)
                 continue
             batches = consumer.poll(timeout_ms=300, max_records=500)
