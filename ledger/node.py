@@ -435,7 +435,10 @@ class LedgerNode(BlockSync, NodeView):
                 peer, _, body = self._tx_inbox.popleft()
                 self._tx_inbox_bytes -= len(body)
                 self._tx_inbox_peer[peer] -= len(body)
-                await self._on_peer_txs(body)
+                try:
+                    await self._on_peer_txs(body)
+                except (LedgerError, ValueError) as exc:  # a malformed frame must not stop the worker
+                    logger.debug("bad transactions frame from validator %d: %s", peer, exc)
         finally:
             self._tx_task = None
 
