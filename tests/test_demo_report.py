@@ -61,6 +61,11 @@ def test_contact_sheet_and_video_show_before_and_after(tmp_path: Path) -> None:
     cap = cv2.VideoCapture(str(video))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     cap.release()
+    from pipelines.video_io import probe
+
+    info = probe(video)  # H.264 yuv420p in MP4: what browsers play (mp4v is refused)
+    assert info["video"][0]["codec"] == "h264" and info["video"][0]["pix_fmt"] == "yuv420p"
+    assert info["frames"] == 6 and info["video"][0]["width"] == 2 * demo_report.PANEL[0]
 
 
 def test_table_lists_numbers_and_missing_steps() -> None:
