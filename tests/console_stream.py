@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
             meta = prod.send(raw, value=b"raw frame %d" % i, key=camera.encode()).get(timeout=10)
             fr = redacted_frame(camera, i, jpeg, ["gaussian"] * faces + (["none"] if i % 3 == 0 else []),
                                 degraded=(i % 7 == 6), latency_ms=80 + (i % 5) * 10,
-                                source=(raw, meta.partition, meta.offset))
+                                source=(raw, meta.partition, meta.offset), watchlist_height=1)
             prod.send(redacted, value=fr.to_bytes(), key=camera.encode())
             if i % 10 == 9:
                 prod.send(dlq, value=dead_letter(camera, i).to_bytes(), key=camera.encode())

@@ -5,6 +5,7 @@ A screenshot of the console is kept in tests-artifacts/ (and the pytest temp fol
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,9 @@ def test_console_in_chromium(browser, stack, kafka_bootstrap, tmp_path) -> None:
         assert _text(browser, card + " .lag").isdigit()
         _wait(browser, lambda d: _text(d, "#nodes-up") == "4 / 4", 20, "four ledger nodes up")
         assert int(_text(browser, "#ledger-height")) >= 1 and "ago" in _text(browser, "#last-block")
+        # the stream's frames were made with the watchlist read at height 1: its age in blocks and time
+        _wait(browser, lambda d: re.fullmatch(r"height 1, \d+ block\(s\) behind, [\d.]+ (s|min) ago",
+                                              _text(d, "#watchlist")), 20, "the watchlist age")
         browser.find_element(By.ID, "audit-run").click()
         _wait(browser, lambda d: _text(d, "#audit-verdict") in ("PASS", "FAIL", "ERROR"), 60, "the audit verdict")
         assert _text(browser, "#audit-verdict") == "PASS", _text(browser, "#audit-detail")
