@@ -232,7 +232,8 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("--max-frame-bytes", type=int, default=None,
                    help=f"records above this go to the DLQ as oversized (default: {d['max_frame_bytes']})")
     p.add_argument("--max-records-per-bundle", type=int, default=None,
-                   help=f"records per source checkpoint; bounds bundle latency (default: {d['max_records_per_bundle']})")
+                   help=f"records per source checkpoint; bounds bundle latency "
+                        f"(default: {d['max_records_per_bundle']})")
     p.add_argument("--max-bundle-seconds", type=float, default=None,
                    help=f"seconds of reading per source checkpoint; bounds output latency "
                         f"(default: {d['max_bundle_seconds']})")

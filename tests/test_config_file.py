@@ -104,8 +104,8 @@ def test_file_values_reach_the_pipeline_options_and_flags_override_them(good: Pa
     ("[topics]\nraw = \"a\"\n[nonsense]\nx = 1\n", 3, "unknown section [nonsense]"),
     ("[kafka]\ngroup_id = \"a\"\ngroup_id = \"b\"\n", 3, "Cannot overwrite a value"),
     ("[ledger]\nanchor_audit_blocks = \"yes\"\n", 2, "must be true or false"),
-    ("[[camera]]\nmatch = \"a\"\n\n[[camera]]\nmatch = \"b\"\nzones = [{action = \"blur\", polygon = [[0,0],[1,0],[1,1]]}]\n",
-     6, "[[camera]] #2: zone 1: action must be \"mask\""),
+    ("[[camera]]\nmatch = \"a\"\n\n[[camera]]\nmatch = \"b\"\n"
+     "zones = [{action = \"blur\", polygon = [[0,0],[1,0],[1,1]]}]\n", 6, "[[camera]] #2: zone 1: action must be \"mask\""),
     ("[[camera]]\nmatch = \"a\"\nzones = [{action = \"mask\", polygon = [[0,0],[1,0]]}]\n", 3,
      "polygon needs at least 3"),
     ("[[camera]]\npolicy = \"paper\"\n", 1, "match must be a non-empty glob"),
