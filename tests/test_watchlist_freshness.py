@@ -84,7 +84,15 @@ class FakeNode:
                 self.wfile.write(data)
 
         host, port = parse_address(address, "fake node")
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        deadline = time.monotonic() + 30.0
+        while True:  # the killed node's connections may hold its port for a moment
+            try:
+                self.server = ThreadingHTTPServer((host, port), Handler)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         self.server.daemon_threads = True
         self.address = f"{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
