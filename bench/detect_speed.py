@@ -4,7 +4,10 @@ Frames: 9 copies of the astronaut photo (a real face) at widths from 5 % to 30 %
 background, so the count found shows what each setting misses. Frames above the detector's max side
 (1920 px by default) run as tiles plus a downscaled pass.
 
-    python bench/detect_speed.py [--runs 15] [--detectors yunet,centerface] [--threads 1,2]
+    python bench/detect_speed.py [--runs 15] [--detectors yunet:0,yunet,centerface] [--threads 1,2]
+
+A detector is ``NAME`` (its default: YuNet with the 2x tiny-face pass, CenterFace alone) or ``NAME:FACTOR``
+(tiny-face pass factor; 0 = the model alone).
 """
 
 from __future__ import annotations
@@ -49,22 +52,23 @@ def scene(width: int, height: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--detectors", default="yunet,centerface")
+    ap.add_argument("--detectors", default="yunet:0,yunet,centerface")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--sizes", default="360p,720p,1080p,4k")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "detect_speed.json"))
     args = ap.parse_args(argv)
     results = []
-    for name in args.detectors.split(","):
+    for spec in args.detectors.split(","):
+        name, _, factor = spec.partition(":")
         for threads in (int(t) for t in args.threads.split(",")):
-            det = load_detector(name, threads=threads)
+            det = load_detector(name, threads=threads, tiny_factor=float(factor) if factor else None)
             for size in args.sizes.split(","):
                 if name == "centerface" and size == "4k":
                     continue  # seconds per frame on this box: not a setting anyone should run
                 w, h = SIZES[size]
                 frame = scene(w, h)
                 det.detect(frame)  # warm-up
-                runs = args.runs if name == "yunet" or size in ("360p", "720p") else max(3, args.runs // 5)
+                runs = args.runs if spec == "yunet:0" or size in ("360p", "720p") else max(3, args.runs // 5)
                 times, found = [], 0
                 for _ in range(runs):
                     t = time.perf_counter()
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                        "threshold": det.score_threshold, "median_ms": round(statistics.median(times), 2),
                        "min_ms": round(min(times), 2), "runs": runs, "faces_found": found, "faces_present": 9}
                 results.append(row)
-                print(f"{row['detector']:14s} thr={threads} {size:6s} median {row['median_ms']:8.1f} ms  "
+                print(f"{row['detector']:22s} thr={threads} {size:6s} median {row['median_ms']:8.1f} ms  "
                       f"min {row['min_ms']:8.1f} ms  found {found}/9", flush=True)
     out = {"generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "machine": platform.platform(), "cpus": __import__("os").cpu_count(), "results": results}
