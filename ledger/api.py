@@ -9,7 +9,7 @@ method      path                        roles
 GET         /openapi.yaml               all
 GET         /v1/node                    all (this node's id; the only request that may be signed for ``any``)
 GET         /v1/status                  all
-POST        /v1/txs                     manager (register/update/erase), pipeline (anchor), validator
+POST        /v1/txs                     manager (register/update/erase), pipeline (anchor); no other role
 POST        /v1/txs/batch               as above, per transaction
 GET         /v1/txs/{hash}              all (status + Merkle inclusion proof)
 GET         /v1/blocks/{height}         manager, auditor, validator
