@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -262,13 +263,20 @@ def sha256_file(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+def _relative(path: str, base: Optional[pathlib.Path]) -> str:
+    if base is None:
+        return path
+    return os.path.relpath(pathlib.Path(path).resolve(), base.resolve())
+
+
 def build_manifest(stats: RedactStats, policy: Policy, detector: FaceDetector, red: Redactor,
-                   options: VideoOptions) -> dict[str, Any]:
-    """The redaction manifest (format: docs/redact.md): what was redacted, how, and the hashes to check it."""
+                   options: VideoOptions, base: Optional[pathlib.Path] = None) -> dict[str, Any]:
+    """The redaction manifest (format: docs/redact.md): what was redacted, how, and the hashes to check it.
+    File names are relative to ``base`` (the manifest's folder), so the set can be moved as a whole."""
     files = []
     for r in stats.records:
-        files.append({"input": r.input, "input_sha256": sha256_file(pathlib.Path(r.input)),
-                      "output": r.output, "output_sha256": sha256_file(pathlib.Path(r.output)),
+        files.append({"input": _relative(r.input, base), "input_sha256": sha256_file(pathlib.Path(r.input)),
+                      "output": _relative(r.output, base), "output_sha256": sha256_file(pathlib.Path(r.output)),
                       "kind": r.kind, "frames": r.frames, "faces_per_frame": r.faces_per_frame,
                       "faces": sum(r.faces_per_frame), "degraded_frames": r.degraded_frames,
                       "audio": r.audio, "metadata_kept": r.metadata_kept})
@@ -379,8 +387,8 @@ def cmd_redact(args: argparse.Namespace) -> int:
     if args.manifest:
         path = pathlib.Path(args.manifest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(build_manifest(stats, policy, detector, red, options), indent=2) + "\n",
-                        encoding="utf-8")
+        doc = build_manifest(stats, policy, detector, red, options, base=path.parent)
+        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     threshold = float(getattr(detector, "score_threshold", float("nan")))
     outs = ", ".join(str(d) for _, d in pairs[:3]) + (" ..." if len(pairs) > 3 else "")
     print(f"{stats.summary()} (detector {detector.model_id} >= {threshold:.2f}, "

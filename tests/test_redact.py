@@ -299,3 +299,19 @@ def test_backend_choice_and_flags_not_offered(photo: pathlib.Path, tmp_path, cap
         with pytest.raises(SystemExit) as exc:
             main(["redact", str(photo), "-o", str(tmp_path / "x.png"), *flags])
         assert exc.value.code == 2
+
+
+def test_manifest_names_are_relative_so_the_set_can_move(clip: pathlib.Path, tmp_path, capsys) -> None:
+    import shutil
+
+    work = tmp_path / "case"
+    work.mkdir()
+    shutil.copy(clip, work / "in.mp4")
+    assert main(["redact", str(work / "in.mp4"), "--manifest", str(work / "manifest.json")]) == 0
+    doc = json.loads((work / "manifest.json").read_text())
+    assert doc["files"][0]["input"] == "in.mp4" and doc["files"][0]["output"] == "in_redacted.mp4"
+    moved = tmp_path / "archive" / "case"
+    shutil.move(str(work), str(moved))
+    capsys.readouterr()
+    assert main(["audit", "manifest", str(moved / "manifest.json"), "--require-inputs"]) == 0
+    assert capsys.readouterr().out.startswith("PASS: 1 file(s), 8 frame(s)")
