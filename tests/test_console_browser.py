@@ -177,6 +177,25 @@ def test_audit_in_chromium_names_the_first_bad_block(browser, stack, kafka_boots
         console.stop()
 
 
+def test_camera_id_is_shown_as_text_never_as_markup(browser, stack, kafka_bootstrap) -> None:
+    """A record's camera id is attacker-controlled: it must be rendered as text, never parsed as HTML."""
+    from selenium.webdriver.common.by import By
+
+    from tests.console_util import produce, redacted_frame
+
+    c, t = stack["console"], stack["topics"]
+    evil = '<img src=x id=xss onerror="document.title=\'pwned\'"><b id=bold>cam</b>'
+    browser.get(c.login_url)
+    _wait(browser, lambda d: _text(d, "#conn") == "live", 20, "the event stream")
+    produce(kafka_bootstrap, t["redacted"], [redacted_frame(evil, 0, b"\xff\xd8x\xff\xd9", ["gaussian"]).to_bytes()])
+    _wait(browser, lambda d: any(e.get_attribute("data-camera") == evil
+                                 for e in d.find_elements(By.CSS_SELECTOR, ".camera")), 30, "the camera's card")
+    card = next(e for e in browser.find_elements(By.CSS_SELECTOR, ".camera") if e.get_attribute("data-camera") == evil)
+    assert card.find_element(By.CSS_SELECTOR, ".camera-id").text == evil
+    assert browser.find_elements(By.ID, "xss") == [] and browser.find_elements(By.ID, "bold") == []
+    assert browser.title != "pwned"
+
+
 def _serve(folder: Path):
     import socket
 
