@@ -236,10 +236,10 @@ class WatchlistSync:
         last = {a for a, t in self._flagged_at.items() if now - t < self.recheck_s}
         return [c for c in rotated if c.address not in last] + [c for c in rotated if c.address in last]
 
-    def _lagging(self, client: Any, served: int, certified: int) -> None:
+    def _lagging(self, client: Any, served: int, certified: int, level: int = logging.WARNING) -> None:
         if client.address not in self.stale_nodes:
-            logger.warning("ledger node %s serves height %d, behind the certified height %d: treated as stale",
-                           client.address, served, certified)
+            logger.log(level, "ledger node %s serves height %d, behind the certified height %d: treated as stale",
+                       client.address, served, certified)
         self.stale_nodes[client.address] = (served, certified)
         self._flagged_at[client.address] = time.monotonic()
 
@@ -326,8 +326,8 @@ class WatchlistSync:
                     continue
                 self.stale_nodes.pop(c.address, None)
                 self._flagged_at.pop(c.address, None)
-                for other in retry:  # passed over this time: asked last for a while
-                    self._lagging(other, behind[other.address], certified)
+                for other in retry:  # passed over this time (often one block behind): asked last for a while
+                    self._lagging(other, behind[other.address], certified, logging.INFO)
                 self.confirmed_height = certified
                 applied += self._retry_unresolved()
                 self.last_sync = time.time()
