@@ -39,11 +39,20 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="comma-separated address of each validator (deployments); default: free loopback ports")
     q.add_argument("--p2p-port", type=int, default=26656, help="p2p port with --hosts (default 26656)")
     q.add_argument("--api-port", type=int, default=26657, help="API port with --hosts (default 26657)")
+    q.add_argument("--api-tls", action="store_true",
+                   help="serve every node's API over HTTPS only: write a cluster CA and one certificate per node "
+                        "(tls/, files 0600) and name https:// addresses in the genesis; clients trust "
+                        "tls/ca.crt ($RISKMASK_LEDGER_CA)")
     q.set_defaults(func=_cmd_init)
 
     q = lsub.add_parser("up", help="start the node processes and wait for the first block")
     q.add_argument("--nodes", type=int, default=None, help="validators when the directory is new (default 4)")
     q.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for height 1 (default 90)")
+    q.add_argument("--api-tls", action="store_true",
+                   help="when the directory is new: create the cluster with HTTPS APIs (see `ledger init --api-tls`)")
+    q.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="node N serves /metrics, /healthz and /readyz on 127.0.0.1:PORT+N (0: free ports; "
+                        "default: off)")
     dir_opt(q)
     q.set_defaults(func=_cmd_up)
 
@@ -104,29 +113,43 @@ def _cmd_init(args: argparse.Namespace) -> int:
     try:
         hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
         init_cluster(out, args.validators, args.chain_id, force=args.force, hosts=hosts,
-                     p2p_port=args.p2p_port, api_port=args.api_port)
+                     p2p_port=args.p2p_port, api_port=args.api_port, api_tls=args.api_tls)
     except ClusterError as exc:
         raise UserError(str(exc)) from None
     print(f"ledger cluster of {args.validators} validators created in {out}")
     print(f"client keys: {out / 'keys'} (manager.key, pipeline.key, auditor.key)")
+    if args.api_tls:
+        print(f"API TLS: CA {out / 'tls' / 'ca.crt'} (clients: export RISKMASK_LEDGER_CA=<that file>), "
+              f"node certificates and keys in {out / 'tls'}")
     return 0
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     d = _dir(args)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UserError("--metrics-port must be 0..65535")
     try:
         if not (d / "genesis.json").exists():
-            init_cluster(d, args.nodes or 4)
+            init_cluster(d, args.nodes or 4, api_tls=args.api_tls)
         cluster = Cluster(d)
         if args.nodes is not None and cluster.n != args.nodes:
             raise UserError(f"{d} holds a cluster of {cluster.n} validators, not {args.nodes}")
+        if args.api_tls and not all(v.api_tls for v in cluster.genesis.validators):
+            raise UserError(f"{d} holds a cluster created without --api-tls; create a new one with "
+                            "'riskmask ledger init --api-tls --force'")
         t0 = time.monotonic()
-        cluster.up(wait_height=1, timeout_s=args.timeout)
+        cluster.up(wait_height=1, timeout_s=args.timeout, metrics_port=args.metrics_port)
     except ClusterError as exc:
         raise ServiceError(str(exc)) from None
     print(f"{cluster.n} ledger nodes up in {time.monotonic() - t0:.1f} s (cluster directory {d})")
     for i in range(cluster.n):
-        print(f"  node{i}: api http://{cluster.api_address(i)}  pid {cluster.pid(i)}")
+        v = cluster.genesis.validators[i]
+        url = v.api_address if "://" in v.api_address else f"http://{v.api_address}"
+        mport = cluster.metrics_port(i)
+        metrics = f"  metrics http://127.0.0.1:{mport}/metrics" if mport is not None else ""
+        print(f"  node{i}: api {url}  pid {cluster.pid(i)}{metrics}")
+    if cluster.ca_file is not None:
+        print(f"clients trust the cluster CA: export RISKMASK_LEDGER_CA={cluster.ca_file}")
     return 0
 
 

@@ -7,12 +7,19 @@ Layout of a cluster directory (``riskmask ledger init`` writes it, ``up``/``down
     keys/                   0700; every *.key file 0600
         node0.key ...       validator private keys (one per node)
         manager.key pipeline.key auditor.key
+    tls/                    only with ``--api-tls`` (ledger.tls): 0700, every file 0600
+        ca.crt ca.key       the cluster CA (clients trust ca.crt)
+        api-node0.crt/.key  node 0's API server certificate and key ...
     node0.json ...          per-node config (data dir, listen addresses, timeouts, limits)
     data/node0/ledger.db    per-node SQLite store
     run/node0.pid           pid of a running node
+    run/node0.metrics       its /metrics port, when started with one
     logs/node0.log          node log (appended across restarts)
 
-Ports are picked free at init time (bind to port 0) and kept in genesis, so restarts reuse them.
+Ports are picked free at init time (bind to port 0) and kept in genesis, so restarts reuse them. With
+``--api-tls`` the genesis names every API as ``https://host:port`` and each node config names its certificate
+and key (``api_tls_cert``/``api_tls_key``), so every client built from the genesis speaks HTTPS, trusting the
+CA in ``tls/ca.crt`` (``$RISKMASK_LEDGER_CA``); plain HTTP to such a node gets no answer.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.client import ApiError, LedgerClient, Unavailable
 from ledger.config import (ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig, ValidatorInfo,
                            write_json)
+from ledger.tls import TLS_DIR, cluster_ca, node_cert_name, node_key_name, write_api_tls
 from riskmask import procs
 
 logger = logging.getLogger(__name__)
@@ -109,12 +117,15 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None, force: bool = False,
                  host: str = "127.0.0.1", overrides: Optional[dict] = None,
-                 hosts: Optional[Sequence[str]] = None, p2p_port: int = 26656, api_port: int = 26657) -> Path:
+                 hosts: Optional[Sequence[str]] = None, p2p_port: int = 26656, api_port: int = 26657,
+                 api_tls: bool = False) -> Path:
     """Create a cluster directory: genesis, client registry, key files (0600) and node configs.
 
     Without ``hosts`` every node gets free loopback ports (a local cluster). With ``hosts`` (one address per
     validator, for compose or Kubernetes) each node listens on 0.0.0.0 at the fixed ``p2p_port``/``api_port``
-    and genesis advertises ``host:port``.
+    and genesis advertises ``host:port``. With ``api_tls`` a cluster CA and one API certificate per node are
+    written to ``tls/`` (:mod:`ledger.tls`), the node configs name them and genesis advertises
+    ``https://host:port``.
     """
     out = Path(out)
     if not 1 <= validators <= 64:
@@ -129,21 +140,30 @@ def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None,
         shutil.rmtree(keys)
     if force and (out / "data").exists():
         shutil.rmtree(out / "data")
+    if force and (out / TLS_DIR).exists():
+        shutil.rmtree(out / TLS_DIR)
     keys.mkdir(mode=0o700, exist_ok=True)
     os.chmod(keys, 0o700)
     if hosts is not None and len(hosts) != validators:
         raise ClusterError(f"--hosts names {len(hosts)} hosts for {validators} validators")
     ports = free_ports(2 * validators, host) if hosts is None else []
-    vals = []
+    chain_id = chain_id or f"riskmask-{uuid.uuid4().hex[:8]}"
+    vals, api_listen, tls_names = [], [], []
+    scheme = "https://" if api_tls else ""
     for i in range(validators):
         seed = os.urandom(32)
         KeyFile(seed, "validator", i, f"node{i}").save(keys / f"node{i}.key")
         if hosts is None:
             p2p, api = f"{host}:{ports[2 * i]}", f"{host}:{ports[2 * i + 1]}"
+            tls_names.append([host] + (["localhost"] if host == "127.0.0.1" else []))
         else:
             p2p, api = f"{hosts[i]}:{p2p_port}", f"{hosts[i]}:{api_port}"
-        vals.append(ValidatorInfo(i, public_key_of(seed), p2p, api))
-    genesis = Genesis(chain_id or f"riskmask-{uuid.uuid4().hex[:8]}", int(time.time() * 1000), tuple(vals))
+            tls_names.append([hosts[i]])
+        api_listen.append(api)
+        vals.append(ValidatorInfo(i, public_key_of(seed), p2p, scheme + api))
+    if api_tls:
+        write_api_tls(out, chain_id, tls_names)
+    genesis = Genesis(chain_id, int(time.time() * 1000), tuple(vals))
     write_json(out / "genesis.json", genesis.to_dict())
     clients = []
     for role in CLIENT_ROLES:
@@ -154,9 +174,12 @@ def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None,
     for v in vals:
         cfg = {"format": "riskmask-ledger-node/1", "index": v.index, "genesis_file": "genesis.json",
                "clients_file": "clients.json", "key_file": f"keys/node{v.index}.key",
-               "data_dir": f"data/node{v.index}", "p2p_listen": v.p2p_address, "api_listen": v.api_address}
+               "data_dir": f"data/node{v.index}", "p2p_listen": v.p2p_address, "api_listen": api_listen[v.index]}
         if hosts is not None:
             cfg.update(p2p_listen=f"0.0.0.0:{p2p_port}", api_listen=f"0.0.0.0:{api_port}")
+        if api_tls:
+            cfg.update(api_tls_cert=f"{TLS_DIR}/{node_cert_name(v.index)}",
+                       api_tls_key=f"{TLS_DIR}/{node_key_name(v.index)}")
         cfg.update(overrides or {})
         write_json(out / f"node{v.index}.json", cfg)
     # Validate what was written, exactly as a node will read it.
@@ -207,6 +230,18 @@ class Cluster:
     def pid_path(self, i: int) -> Path:
         return self.dir / "run" / f"node{i}.pid"
 
+    def metrics_path(self, i: int) -> Path:
+        return self.dir / "run" / f"node{i}.metrics"
+
+    def metrics_port(self, i: int) -> Optional[int]:
+        """The /metrics port node ``i`` was started with, while it runs; None without one."""
+        if self.pid(i) is None:
+            return None
+        try:
+            return int(self.metrics_path(i).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def log_path(self, i: int) -> Path:
         return self.dir / "logs" / f"node{i}.log"
 
@@ -219,10 +254,19 @@ class Cluster:
     def key_seed(self, name: str) -> bytes:
         return KeyFile.load(self.dir / "keys" / f"{name}.key").seed
 
+    @property
+    def ca_file(self) -> Optional[Path]:
+        """The cluster CA certificate (``tls/ca.crt``) of a cluster made with ``--api-tls``, or None."""
+        return cluster_ca(self.dir)
+
     def client(self, i: int, role: str = "auditor", timeout_s: float = 5.0) -> LedgerClient:
         """A client of node ``i`` signing for that node (id from genesis); HTTPS when the node serves TLS,
-        trusting the node's own certificate (a local cluster's certificates are self-signed)."""
+        trusting the cluster CA (``--api-tls``) or else the node's own (self-signed) certificate."""
         v = self.genesis.validators[i]
+        if v.api_tls:
+            ca = self.ca_file
+            return LedgerClient(v.api_address, self.key_seed(role), timeout_s, node_id=v.public_key.hex(),
+                                ca_file=str(ca) if ca else None)
         try:
             cert = json.loads(self.config_path(i).read_text()).get("api_tls_cert") or ""
         except (OSError, ValueError):
@@ -244,8 +288,12 @@ class Cluster:
             return pid
         return None
 
-    def start_node(self, i: int, extra_args: tuple[str, ...] = ()) -> int:
-        """Start node ``i`` detached (own session, log file); returns its pid. No-op when already running."""
+    def start_node(self, i: int, extra_args: tuple[str, ...] = (), metrics_port: Optional[int] = None) -> int:
+        """Start node ``i`` detached (own session, log file); returns its pid. No-op when already running.
+
+        ``metrics_port``: the node serves /metrics, /healthz and /readyz on 127.0.0.1 at that port (recorded
+        in ``run/nodeN.metrics``, see :meth:`metrics_port`).
+        """
         if not 0 <= i < self.n:
             raise ClusterError(f"node index {i} out of range 0..{self.n - 1}")
         pid = self.pid(i)
@@ -263,6 +311,11 @@ class Cluster:
         log = open(self.log_path(i), "ab")
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        self.metrics_path(i).unlink(missing_ok=True)
+        if metrics_port is not None:
+            if not _port_free("127.0.0.1", metrics_port):
+                raise ClusterError(f"node {i} cannot start: metrics port 127.0.0.1:{metrics_port} is in use")
+            extra_args = (*extra_args, "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
         proc = subprocess.Popen(
             procs.python_module("ledger.node", "--config", str(self.config_path(i)), *extra_args),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -272,6 +325,8 @@ class Cluster:
         tmp = self.pid_path(i).with_suffix(".tmp")
         tmp.write_text(f"{proc.pid}\n")
         os.replace(tmp, self.pid_path(i))
+        if metrics_port is not None:
+            self.metrics_path(i).write_text(f"{metrics_port}\n")
         return proc.pid
 
     def kill_node(self, i: int, sig: int = signal.SIGKILL, timeout_s: float = 10.0) -> bool:
@@ -300,6 +355,7 @@ class Cluster:
                 time.sleep(0.05)
         self._reap(i)
         self.pid_path(i).unlink(missing_ok=True)
+        self.metrics_path(i).unlink(missing_ok=True)
         return True
 
     def _reap(self, i: int) -> None:
@@ -313,14 +369,22 @@ class Cluster:
             raise ClusterError(f"node {i} is running; stop it before wiping its data")
         shutil.rmtree(self.data_dir(i), ignore_errors=True)
 
-    def up(self, wait_height: int = 1, timeout_s: float = 60.0, nodes: Optional[list[int]] = None) -> None:
-        """Start all (or the given) nodes and wait until each reports height >= ``wait_height``."""
+    def up(self, wait_height: int = 1, timeout_s: float = 60.0, nodes: Optional[list[int]] = None,
+           metrics_port: Optional[int] = None) -> None:
+        """Start all (or the given) nodes and wait until each reports height >= ``wait_height``.
+
+        ``metrics_port``: node ``i`` serves /metrics on ``metrics_port + i`` (0: a free port each).
+        """
         started = []
         idx = list(range(self.n)) if nodes is None else nodes
+        if metrics_port and not 1 <= metrics_port <= 65536 - self.n:
+            raise ClusterError(f"metrics ports {metrics_port}..{metrics_port + self.n - 1} are not all valid ports")
+        free = free_ports(self.n) if metrics_port == 0 else []
         try:
             for i in idx:
                 if self.pid(i) is None:
-                    self.start_node(i)
+                    port = None if metrics_port is None else (free[i] if free else metrics_port + i)
+                    self.start_node(i, metrics_port=port)
                     started.append(i)
             self.wait_height(wait_height, timeout_s, nodes=idx)
         except BaseException:

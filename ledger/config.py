@@ -63,6 +63,21 @@ def parse_address(text: Any, where: str) -> tuple[str, int]:
     return host, int(port_s)
 
 
+def split_api_address(text: Any, where: str) -> tuple[str, str, int]:
+    """An API address ``[http://|https://]host:port`` -> (scheme, host, port); no scheme means ``http``.
+
+    Genesis names ``https://host:port`` for a node that serves its API over TLS (``ledger init --api-tls``),
+    so every client built from the genesis speaks HTTPS to it.
+    """
+    scheme = "http"
+    if isinstance(text, str) and "://" in text:
+        scheme, _, text = text.partition("://")
+        if scheme not in ("http", "https"):
+            raise _fail(where, f"scheme must be http:// or https://, got {scheme!r}")
+    host, port = parse_address(text, where)
+    return scheme, host, port
+
+
 def _hex_key(value: Any, where: str, length: int = 32) -> bytes:
     if not isinstance(value, str):
         raise _fail(where, "must be a hex string")
@@ -111,7 +126,13 @@ class ValidatorInfo:
 
     @property
     def api_hostport(self) -> tuple[str, int]:
-        return parse_address(self.api_address, f"validator {self.index} api_address")
+        _, host, port = split_api_address(self.api_address, f"validator {self.index} api_address")
+        return host, port
+
+    @property
+    def api_tls(self) -> bool:
+        """True when genesis names this node's API as ``https://`` (the node serves TLS only)."""
+        return split_api_address(self.api_address, f"validator {self.index} api_address")[0] == "https"
 
     def to_dict(self) -> dict:
         return {"index": self.index, "public_key": self.public_key.hex(),
@@ -176,7 +197,7 @@ class Genesis:
             pk = _hex_key(rv.get("public_key"), f"{w}.public_key")
             p2p, api = rv.get("p2p_address"), rv.get("api_address")
             parse_address(p2p, f"{w}.p2p_address")
-            parse_address(api, f"{w}.api_address")
+            split_api_address(api, f"{w}.api_address")
             vals.append(ValidatorInfo(pos, pk, p2p, api))
         if len({v.public_key for v in vals}) != len(vals):
             raise _fail(where, "validator public keys must be distinct")
@@ -428,4 +449,4 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 __all__ = ["ROLES", "ConfigError", "ValidatorInfo", "Genesis", "ClientInfo", "ClientRegistry", "NodeConfig",
-           "KeyFile", "parse_address", "canonical_json", "write_json", "asdict"]
+           "KeyFile", "parse_address", "split_api_address", "canonical_json", "write_json", "asdict"]

@@ -606,8 +606,14 @@ def run_node(config: Path, metrics_port: Optional[int] = None, metrics_host: str
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ledger.node", description="Run one ledger validator node.")
     ap.add_argument("--config", type=Path, required=True, help="node config file (nodeN.json)")
+    ap.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                    help="serve /metrics, /healthz and /readyz of this node on this port (default: off)")
+    ap.add_argument("--metrics-host", default="0.0.0.0", metavar="ADDR",
+                    help="address the metrics server binds (default: %(default)s)")
     args = ap.parse_args(argv)
-    return run_node(args.config)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        ap.error("--metrics-port must be 0..65535")
+    return run_node(args.config, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
 
 
 if __name__ == "__main__":
