@@ -15,6 +15,7 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.change_gate import GateConfig
 from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_DLQ_TOPIC, DEFAULT_GROUP_ID,
                                 DEFAULT_MAX_BUNDLE_SECONDS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_RECORDS_PER_BUNDLE,
                                 DEFAULT_RAW_TOPIC, DEFAULT_REDACTED_TOPIC)
@@ -52,6 +53,9 @@ class RiskmaskOptions(PipelineOptions):
         parser.add_argument("--detect_lookahead", type=int, default=1,
                             help="frames detected ahead on a worker thread while the chain finishes earlier "
                                  "ones (0: detect on the runner's thread)")
+        parser.add_argument("--gate_refresh", type=int, default=GateConfig().refresh_every,
+                            help="change-gated detection: a full-frame detection every N frames per camera "
+                                 "(0: no gate, every frame detected in full)")
         parser.add_argument("--max_frame_bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
                             help="larger records go to the DLQ as oversized")
         parser.add_argument("--bounded", action="store_true", default=False,
@@ -138,6 +142,8 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError(f"max records per bundle must be 1..100000, got {opts.max_records_per_bundle}")
     if not 0.01 <= opts.max_bundle_seconds <= 60:
         raise OptionsError(f"max bundle seconds must be 0.01..60, got {opts.max_bundle_seconds}")
+    if not 0 <= opts.gate_refresh <= 1000:
+        raise OptionsError(f"gate refresh must be 0..1000 frames, got {opts.gate_refresh}")
     if not 0 <= opts.detect_lookahead <= 8:
         raise OptionsError(f"detect look-ahead must be 0..8 frames, got {opts.detect_lookahead}")
     if not 0 <= opts.progress_interval_s <= 86_400:

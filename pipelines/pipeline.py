@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
 
+from pipelines.change_gate import GateConfig
 from pipelines.frame import SOURCE_HEADER, FrameContext, KafkaRecord, source_ref
 from pipelines.kafkaio import ReadFromKafka, WriteToKafka
 from pipelines.options import RiskmaskOptions
@@ -51,7 +52,8 @@ def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Ca
         detector_factory = DetectorFactory(opts.detector, opts.detector_threads, opts.detector_threshold,
                                            opts.execution_provider.lower())
     faces = frames | "DetectFaces" >> DetectFaces(opts.detector, opts.detector_threads, opts.detector_threshold,
-                                                  detector_factory, lookahead=opts.detect_lookahead)
+                                                  detector_factory, lookahead=opts.detect_lookahead,
+                                                  change_gate=_gate_config(opts))
     faces = faces | "MarkDetect" >> _Mark("detect_faces")
     if recognition is not None:
         faces = faces | "Recognition" >> recognition | "MarkRecognition" >> _Mark("recognition")
@@ -121,6 +123,12 @@ def _mask_kwargs(opts: Any) -> dict[str, Any]:
 
     rules = camera_rules_from_options(opts)
     return {"camera_rules": rules} if rules else {}
+
+
+def _gate_config(opts: RiskmaskOptions) -> Optional[GateConfig]:
+    """The change gate of DetectFaces (None when ``--gate_refresh 0`` turns it off)."""
+    refresh = getattr(opts, "gate_refresh", GateConfig().refresh_every)
+    return GateConfig(refresh_every=refresh) if refresh else None
 
 
 def _request_bytes(opts: RiskmaskOptions) -> int:

@@ -3,13 +3,18 @@
 The detector is loaded once per DoFn instance in ``setup()`` (a missing or tampered model file stops the
 pipeline before any frame is read: nothing can be masked without it). If detection fails on a frame, the
 frame is marked degraded and MaskFaces masks all of it (fail closed); it is never passed on as face-free.
+
+With a change gate (:mod:`pipelines.change_gate`, on by default) each camera's frames are detected only where
+pixels changed since the detector last looked, plus a full frame every ``refresh_every`` frames; boxes over
+still regions are carried over. A detector failure resets the camera's gate, so its next frame is searched in
+full.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Iterator, Optional
 
@@ -17,19 +22,26 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+from pipelines.change_gate import ChangeGate, GateConfig, gated_detect
 from pipelines.frame import FrameContext
 
 logger = logging.getLogger(__name__)
 
 STAGE = "detect_faces"
+MAX_GATED_CAMERAS = 1024  # per DoFn instance; the least recently seen camera's gate is dropped beyond it
 DetectorFactory = Callable[[], Any]
 
 
-def detect(detector: Any, frame: FrameContext) -> FrameContext:
-    """Run ``detector`` on the frame; an exception marks the frame degraded instead of propagating."""
+def detect(detector: Any, frame: FrameContext, gate: Optional[ChangeGate] = None) -> FrameContext:
+    """Run ``detector`` on the frame (through ``gate`` if given); a failure marks the frame degraded."""
     try:
-        found = detector.detect(frame.image)
+        if gate is None:
+            found = detector.detect(frame.image)
+        else:
+            found, _ = gated_detect(gate, detector.detect, frame.image, seq=frame.seq)
     except Exception as exc:  # any detector failure: fail closed downstream
+        if gate is not None:
+            gate.reset()
         logger.warning("detector failed on %s: %s; frame will be fully masked", frame.source_ref,
                        type(exc).__name__)
         return frame.replace(detections=(), detector_id=str(getattr(detector, "model_id", "")), degraded=True,
@@ -50,8 +62,11 @@ class _DetectFn(beam.DoFn):
     """
 
     def __init__(self, name: str, threads: int, score_threshold: Optional[float],
-                 factory: Optional[DetectorFactory], lookahead: int = 0) -> None:
+                 factory: Optional[DetectorFactory], lookahead: int = 0,
+                 gate: Optional[GateConfig] = None) -> None:
         self._name = name
+        self._gate_cfg = gate
+        self._gates: "OrderedDict[tuple[str, int], ChangeGate]" = OrderedDict()
         self._threads = threads
         self._threshold = score_threshold
         self._factory = factory
@@ -75,9 +90,24 @@ class _DetectFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._pending = deque()
 
+    def _gate(self, frame: FrameContext) -> Optional[ChangeGate]:
+        """The frame's camera gate (per camera and epoch: a restarted camera starts afresh), None when off."""
+        if self._gate_cfg is None:
+            return None
+        key = (frame.camera_id, frame.epoch)
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = ChangeGate(self._gate_cfg)
+            while len(self._gates) > MAX_GATED_CAMERAS:
+                self._gates.popitem(last=False)
+        self._gates.move_to_end(key)
+        return gate
+
     def _timed(self, frame: FrameContext) -> tuple[FrameContext, float]:
+        # Runs on the single look-ahead worker (or the caller's thread): frames of a camera reach their gate in
+        # arrival order, one at a time.
         start = time.perf_counter()
-        return detect(self._detector, frame), time.perf_counter() - start
+        return detect(self._detector, frame, self._gate(frame)), time.perf_counter() - start
 
     def _done(self, out: FrameContext, seconds: float) -> FrameContext:
         # Beam metrics are per thread: record on the runner's thread, not the worker's.
@@ -114,12 +144,14 @@ class DetectFaces(beam.PTransform):
     ``detector_factory`` (a picklable zero-argument callable) replaces the model loader, e.g. to run another
     detector implementation; by default ``load_detector(detector, threads, score_threshold)`` is used.
     ``lookahead`` frames are detected ahead on a worker thread (see :class:`_DetectFn`; 0 turns it off).
+    ``change_gate`` limits detection to changed regions per camera (None: every frame in full).
     """
 
     def __init__(self, detector: str = "yunet", threads: int = 1, score_threshold: Optional[float] = None,
-                 detector_factory: Optional[DetectorFactory] = None, lookahead: int = 0) -> None:
+                 detector_factory: Optional[DetectorFactory] = None, lookahead: int = 0,
+                 change_gate: Optional[GateConfig] = None) -> None:
         super().__init__()
-        self._fn = _DetectFn(detector, threads, score_threshold, detector_factory, lookahead)
+        self._fn = _DetectFn(detector, threads, score_threshold, detector_factory, lookahead, change_gate)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        return pcoll | "Detect" >> beam.ParDo(self._fn)
+        return pcoll | "Detect" >> beam.ParDo(self._fn).with_output_types(FrameContext)
