@@ -4,7 +4,9 @@ Layout of the state root (``$RISKMASK_HOME`` or ``./.riskmask``)::
 
     stack.json      what ``up`` started: bootstrap, ledger and key paths, owner pid (0 = persistent)
     broker/         broker.pid, broker.json, broker.log of the embedded Tansu broker (memory storage)
-    ledger/         the ledger cluster directory (genesis, node configs, node keys, SQLite data, logs)
+    ledger/         the ledger cluster directory (genesis, node configs, node keys, SQLite data, logs); with
+                    API TLS (``Stack.up(ledger_api_tls=True)`` or a directory made by ``ledger init --api-tls``)
+                    also tls/ca.crt, which :meth:`StackInfo.env` passes on as ``$RISKMASK_LEDGER_CA``
     keys/           the client-side privacy keyring (keyring.json, 0600); never read by a ledger node;
                     the auditor key pair (auditor.x25519 0600, auditor.x25519.pub) and the per-camera
                     raw-frame keys (frame_keys.json 0600, made by producers with encryption on)
@@ -87,12 +89,27 @@ class StackInfo:
     keys_dir: str
     api_addresses: list[str]
     owner: int = 0
+    ledger_ca: str = ""  # the ledger cluster CA when its API is HTTPS only (addresses are https://)
     started: list[str] = field(default_factory=list)  # components this call started (not persisted)
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the other ``riskmask`` commands at this stack."""
-        return {"RISKMASK_HOME": self.root, "RISKMASK_BOOTSTRAP": self.bootstrap,
-                "RISKMASK_LEDGER_DIR": self.ledger_dir, "RISKMASK_KEYS_DIR": self.keys_dir}
+        env = {"RISKMASK_HOME": self.root, "RISKMASK_BOOTSTRAP": self.bootstrap,
+               "RISKMASK_LEDGER_DIR": self.ledger_dir, "RISKMASK_KEYS_DIR": self.keys_dir}
+        if self.ledger_ca:
+            env["RISKMASK_LEDGER_CA"] = self.ledger_ca
+        return env
+
+
+def _ledger_ca(cluster: object) -> str:
+    """The cluster CA of a ledger with HTTPS APIs; also made this process's default trust anchor for ledger
+    clients (``$RISKMASK_LEDGER_CA``) unless one is set already, so in-process clients built from the stack's
+    https:// addresses verify the nodes."""
+    ca = getattr(cluster, "ca_file", None)
+    if ca is None or not any(getattr(v, "api_tls", False) for v in cluster.genesis.validators):  # type: ignore[attr-defined]
+        return ""
+    os.environ.setdefault("RISKMASK_LEDGER_CA", str(ca))
+    return str(ca)
 
 
 def _noop(_: str) -> None:
@@ -161,10 +178,15 @@ class Stack:
         cluster = self._cluster()
         return StackInfo(root=str(self.paths.root), bootstrap=binfo.bootstrap, ledger_dir=str(self.paths.ledger),
                          keys_dir=str(self.paths.keys),
-                         api_addresses=[cluster.api_address(i) for i in range(cluster.n)], owner=self.owner())
+                         api_addresses=[cluster.api_address(i) for i in range(cluster.n)], owner=self.owner(),
+                         ledger_ca=_ledger_ca(cluster))
 
-    def up(self, owner: int = 0, progress: Progress = _noop, ledger_timeout_s: float = 120.0) -> StackInfo:
+    def up(self, owner: int = 0, progress: Progress = _noop, ledger_timeout_s: float = 120.0,
+           ledger_api_tls: bool = False) -> StackInfo:
         """Start what is not running (broker, ledger nodes), create what is missing (cluster, keyring).
+
+        ``ledger_api_tls``: a ledger cluster created by this call serves its API over HTTPS only (its CA goes
+        to :meth:`StackInfo.env`); an existing cluster keeps what it was made with.
 
         Returns the stack with ``started`` naming what this call started; on any failure or interrupt, what
         this call started is stopped again.
@@ -186,7 +208,7 @@ class Stack:
             if not (self.paths.ledger / "genesis.json").exists():
                 progress(f"creating a {self.validators}-validator ledger cluster in {self.paths.ledger}")
                 try:
-                    init_cluster(self.paths.ledger, self.validators)
+                    init_cluster(self.paths.ledger, self.validators, api_tls=ledger_api_tls)
                 except ClusterError as exc:
                     raise StackError(str(exc)) from None
             cluster = self._cluster()
@@ -213,7 +235,7 @@ class Stack:
             info = StackInfo(root=str(self.paths.root), bootstrap=binfo.bootstrap,
                              ledger_dir=str(self.paths.ledger), keys_dir=str(self.paths.keys),
                              api_addresses=[cluster.api_address(i) for i in range(cluster.n)],
-                             owner=owner, started=started)
+                             owner=owner, ledger_ca=_ledger_ca(cluster), started=started)
             self._write(info)
             return info
         except BaseException:
