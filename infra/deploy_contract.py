@@ -83,10 +83,20 @@ LEDGER_FAULTS = (LEDGER_NODES - 1) // 3  # f: nodes that may be down while block
 LEDGER_COMPOSE_HOSTS = ("172.28.0.10", "172.28.0.11", "172.28.0.12", "172.28.0.13")
 LEDGER_CONFIG = "/etc/riskmask/node.json"
 LEDGER_CLUSTER_DIR = "/etc/riskmask/cluster"
+# The ledger API is HTTPS only (`ledger init --api-tls`): each node gets its own certificate and key, laid out as
+# ledger init names them in nodeN.json (tls/api-nodeN.crt/.key, relative to the config file); every client
+# trusts the cluster CA (tls/ca.crt) through $RISKMASK_LEDGER_CA. The CA's private key (tls/ca.key) is never
+# deployed: keep it offline to issue certificates for replaced nodes.
+LEDGER_CA_ENV = "RISKMASK_LEDGER_CA"
+LEDGER_NODE_TLS_DIR = "/etc/riskmask/tls"
+EXPORTER_LEDGER_CA = f"{LEDGER_CLUSTER_DIR}/ca.crt"
 
-# What the pipeline needs to recognise people and anchor audit blocks: the ledger's genesis and the pipeline's
-# client key (a ledger directory), and the privacy keyring (key-encryption keys). They reach every container
-# that runs pipeline code from one secret (Kubernetes Secret / compose secrets), never from the image.
+# What the pipeline needs to recognise people and anchor audit blocks: the ledger's genesis, the pipeline's
+# client key and the ledger CA (a ledger directory), and in its keys directory the privacy keyring
+# (key-encryption keys), the auditor PUBLIC key (schema v2 seals per-face decisions to it; without it no
+# decision is recorded) and the camera frame keys (raw frames are encrypted by the producers; without them
+# every frame goes to the DLQ). They reach every container that runs pipeline code from one secret
+# (Kubernetes Secret / compose secrets), never from the image. The auditor's private key is never deployed.
 PIPELINE_LEDGER_DIR = "/etc/riskmask/pipeline/ledger"
 PIPELINE_KEYS_DIR = "/etc/riskmask/pipeline/keys"
 PIPELINE_SECRET = "riskmask-pipeline-keys"
@@ -95,8 +105,13 @@ PIPELINE_SECRET_FILES: dict[str, str] = {
     "genesis.json": f"{PIPELINE_LEDGER_DIR}/genesis.json",
     "clients.json": f"{PIPELINE_LEDGER_DIR}/clients.json",
     "pipeline.key": f"{PIPELINE_LEDGER_DIR}/keys/pipeline.key",
+    "ca.crt": f"{PIPELINE_LEDGER_DIR}/ca.crt",
     "keyring.json": f"{PIPELINE_KEYS_DIR}/keyring.json",
+    "auditor.x25519.pub": f"{PIPELINE_KEYS_DIR}/auditor.x25519.pub",
+    "frame_keys.json": f"{PIPELINE_KEYS_DIR}/frame_keys.json",
 }
+# The producer (compose "demo" profile) encrypts raw frames with the camera's key: it gets the frame keys only.
+PRODUCER_KEYS_DIR = "/etc/riskmask/producer/keys"
 # Every model a documented flag can select (--detector yunet|centerface; SFace for recognition): the images
 # that run pipeline stages carry them all, verified by SHA-256 at build time.
 IMAGE_MODELS = ("yunet", "centerface", "sface")
@@ -119,14 +134,15 @@ COMMANDS: dict[str, list[str]] = {
     "pipeline_driver": ["riskmask", "run", "--runner", "PortableRunner", *_PIPELINE_COMMON],
     "ledger_init": ["riskmask", "ledger", "init", "--validators", str(LEDGER_NODES), "--out", LEDGER_CLUSTER_DIR,
                     "--hosts", ",".join(LEDGER_COMPOSE_HOSTS), "--p2p-port", str(PORTS["ledger_p2p"]),
-                    "--api-port", str(PORTS["ledger_api"])],
+                    "--api-port", str(PORTS["ledger_api"]), "--api-tls"],
     "ledger_node": ["riskmask", "ledger", "node", "--config", LEDGER_CONFIG,
                     "--metrics-port", str(PORTS["ledger_metrics"])],
     "ledger_export": ["riskmask", "ledger", "export", "--bootstrap-servers", KAFKA_BOOTSTRAP,
                       "--topic", "ledger.blocks", "--ledger-dir", LEDGER_CLUSTER_DIR,
                       "--metrics-port", str(PORTS["exporter_metrics"])],
     "producer": ["riskmask", "produce", "/media/camera.mp4", "--camera-id", "cam-0",
-                 "--bootstrap-servers", KAFKA_BOOTSTRAP, "--topic", "frames.raw", "--loop"],
+                 "--bootstrap-servers", KAFKA_BOOTSTRAP, "--topic", "frames.raw", "--loop",
+                 "--encrypt", "--keys-dir", PRODUCER_KEYS_DIR],
 }
 
 # What FlinkPortableClientEntryPoint appends to the driver command (Beam's own spelling, underscore).
