@@ -41,10 +41,10 @@ class GateConfig:
 
     scale: int = 8  # the change map is computed at 1/scale of the frame size
     threshold: float = 8.0  # mean absolute grey difference (0..255) of one map pixel that counts as change
-    margin: int = 32  # frame pixels added around a changed region ...
-    margin_fraction: float = 0.5  # ... or this fraction of the region's larger side, whichever is larger
+    margin: int = 24  # frame pixels added around a changed region ...
+    margin_fraction: float = 0.25  # ... or this fraction of the region's larger side, whichever is larger
     min_region: int = 64  # smallest crop side given to the detector (frame pixels)
-    refresh_every: int = 12  # full-frame detection every N frames
+    refresh_every: int = 25  # full-frame detection every N frames (2 s at 12.5 frames/s)
     max_changed_fraction: float = 0.35  # above this share of the frame in regions, detect the full frame
 
     def __post_init__(self) -> None:

@@ -73,6 +73,7 @@ SETTINGS: dict[tuple[str, str], tuple[str, type]] = {
     ("detector", "execution_provider"): ("execution_provider", str),
     ("detector", "lookahead"): ("detect_lookahead", int),
     ("detector", "gate_refresh"): ("gate_refresh", int),
+    ("detector", "workers"): ("detect_workers", int),
     ("policy", "default"): ("policy", str),
     ("ledger", "dir"): ("ledger_dir", str),
     ("ledger", "keys_dir"): ("keys_dir", str),

@@ -50,9 +50,11 @@ class RiskmaskOptions(PipelineOptions):
                             help="detector score threshold (default: the model's own, kept low)")
         parser.add_argument("--policy", default="default", help="masking policy name or path to a policy file")
         parser.add_argument("--detector_threads", type=int, default=1, help="onnxruntime threads per detector")
-        parser.add_argument("--detect_lookahead", type=int, default=1,
-                            help="frames detected ahead on a worker thread while the chain finishes earlier "
+        parser.add_argument("--detect_lookahead", type=int, default=2,
+                            help="frames detected ahead on worker threads while the chain finishes earlier "
                                  "ones (0: detect on the runner's thread)")
+        parser.add_argument("--detect_workers", type=int, default=2,
+                            help="detector threads; each camera is bound to one, so cameras are detected at once")
         parser.add_argument("--gate_refresh", type=int, default=GateConfig().refresh_every,
                             help="change-gated detection: a full-frame detection every N frames per camera "
                                  "(0: no gate, every frame detected in full)")
@@ -144,6 +146,8 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError(f"max bundle seconds must be 0.01..60, got {opts.max_bundle_seconds}")
     if not 0 <= opts.gate_refresh <= 1000:
         raise OptionsError(f"gate refresh must be 0..1000 frames, got {opts.gate_refresh}")
+    if not 1 <= opts.detect_workers <= 16:
+        raise OptionsError(f"detect workers must be 1..16, got {opts.detect_workers}")
     if not 0 <= opts.detect_lookahead <= 8:
         raise OptionsError(f"detect look-ahead must be 0..8 frames, got {opts.detect_lookahead}")
     if not 0 <= opts.progress_interval_s <= 86_400:

@@ -53,7 +53,8 @@ def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Ca
                                            opts.execution_provider.lower())
     faces = frames | "DetectFaces" >> DetectFaces(opts.detector, opts.detector_threads, opts.detector_threshold,
                                                   detector_factory, lookahead=opts.detect_lookahead,
-                                                  change_gate=_gate_config(opts))
+                                                  change_gate=_gate_config(opts),
+                                                  workers=getattr(opts, "detect_workers", 1))
     faces = faces | "MarkDetect" >> _Mark("detect_faces")
     if recognition is not None:
         faces = faces | "Recognition" >> recognition | "MarkRecognition" >> _Mark("recognition")

@@ -33,7 +33,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "bootstrap_servers": DEFAULT_BOOTSTRAP, "raw_topic": DEFAULT_RAW_TOPIC, "redacted_topic": DEFAULT_REDACTED_TOPIC,
     "dlq_topic": DEFAULT_DLQ_TOPIC, "audit_topic": DEFAULT_AUDIT_TOPIC, "group_id": DEFAULT_GROUP_ID,
     "detector": "yunet", "detector_threshold": None, "policy": "default", "threads": 1, "detect_lookahead": None,
-    "gate_refresh": None,
+    "gate_refresh": None, "detect_workers": None,
     "execution_provider": "cpu", "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES,
     "max_records_per_bundle": DEFAULT_MAX_RECORDS_PER_BUNDLE, "max_bundle_seconds": DEFAULT_MAX_BUNDLE_SECONDS,
     "bounded": False, "runner": "FnApiRunner", "job_endpoint": None, "environment_type": None,
@@ -87,7 +87,7 @@ def pipeline_args(args: argparse.Namespace) -> list[str]:
     for flag in ("job_endpoint", "environment_type", "environment_config", "checkpointing_interval",
                  "parallelism", "max_parallelism", "savepoint_path", "ledger_dir", "keys_dir",
                  "match_threshold", "match_margin", "audit_block_records", "audit_block_seconds",
-                 "progress_interval_s", "detect_lookahead", "gate_refresh", "kafka_security_protocol", "kafka_sasl_mechanism",
+                 "progress_interval_s", "detect_lookahead", "gate_refresh", "detect_workers", "kafka_security_protocol", "kafka_sasl_mechanism",
                  "kafka_sasl_username", "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile",
                  "kafka_ssl_keyfile", "camera_rules"):
         value = getattr(args, flag, None)
@@ -229,10 +229,13 @@ def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the detector (default 1)")
     p.add_argument("--detect-lookahead", dest="detect_lookahead", type=int, default=None, metavar="FRAMES",
                    help="frames detected ahead on a second thread while earlier ones are masked and written "
-                        "(default 1; 0: all on one thread)")
+                        "(default 2; 0: all on one thread)")
+    p.add_argument("--detect-workers", dest="detect_workers", type=int, default=None, metavar="N",
+                   help="detector threads, each camera bound to one so that cameras are detected at once "
+                        "(default 2)")
     p.add_argument("--gate-refresh", dest="gate_refresh", type=int, default=None, metavar="FRAMES",
                    help="detect only where pixels changed, with a full-frame detection every FRAMES frames per "
-                        "camera (default 12; 0: every frame in full, no change gate)")
+                        "camera (default 25; 0: every frame in full, no change gate)")
     p.add_argument("--max-frame-bytes", type=int, default=None,
                    help=f"records above this go to the DLQ as oversized (default: {d['max_frame_bytes']})")
     p.add_argument("--max-records-per-bundle", type=int, default=None,

@@ -131,3 +131,100 @@ def test_lookahead_keeps_order_timestamps_windows_and_drains_the_bundle(astronau
         assert threading.get_ident() not in fake.threads  # detection ran on the worker thread
     else:
         assert fake.threads == {threading.get_ident()}
+
+
+class _PerCameraRecorder:
+    """A unit-test stand-in detector: records which thread saw which camera's frames, in call order."""
+
+    model_id = "rec-1"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.seen: list[tuple[int, int]] = []  # (thread, first pixel value = camera tag)
+        self._lock = threading.Lock()
+
+    def detect(self, image):
+        import threading
+        import time
+
+        time.sleep(0.01)
+        with self._lock:
+            self.seen.append((threading.get_ident(), int(image[0, 0, 0])))
+        return []
+
+
+def test_two_workers_detect_two_cameras_at_once_and_keep_each_cameras_order():
+    import dataclasses
+
+    import numpy as np
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import Timestamp
+
+    from pipelines.transforms.detect_faces import _DetectFn
+
+    fake = _PerCameraRecorder()
+    fn = _DetectFn("yunet", 1, None, lambda: fake, lookahead=4, gate=None, workers=2)
+    fn.setup()
+    cams = ("cam-1", "cam-4")
+    import zlib
+
+    assert len({zlib.crc32(c.encode()) % 2 for c in cams}) == 2  # the two cameras land on different workers
+    try:
+        out = []
+        fn.start_bundle()
+        for i in range(12):
+            cam = cams[i % 2]
+            img = np.full((32, 32, 3), 10 + (i % 2), np.uint8)
+            frame = dataclasses.replace(frame_context(img, seq=i // 2), camera_id=cam)
+            out.extend(fn.process(frame, Timestamp(i), GlobalWindow()))
+        out.extend(fn.finish_bundle() or [])
+    finally:
+        fn.teardown()
+    values = [o.value for o in out]
+    assert [(f.camera_id, f.seq) for f in values] == [(cams[i % 2], i // 2) for i in range(12)]  # arrival order
+    threads_by_cam: dict[int, set[int]] = {}
+    for thread, tag in fake.seen:
+        threads_by_cam.setdefault(tag, set()).add(thread)
+    assert all(len(t) == 1 for t in threads_by_cam.values())  # one camera, one worker: its gate sees it in order
+    assert threads_by_cam[10] != threads_by_cam[11]  # two cameras, two workers
+
+
+def test_gated_stage_searches_only_changes_and_a_failure_resets_the_gate(astronaut):
+    import numpy as np
+
+    from pipelines.change_gate import GateConfig
+    from pipelines.transforms.detect_faces import _DetectFn
+
+    calls: list[tuple[int, int]] = []
+
+    class Sizes:
+        model_id = "sizes-1"
+        fail_next = False
+
+        def detect(self, image):
+            calls.append(image.shape[:2])
+            if Sizes.fail_next:
+                Sizes.fail_next = False
+                raise RuntimeError("session failed")
+            return []
+
+    fn = _DetectFn("yunet", 1, None, Sizes, lookahead=0, gate=GateConfig(refresh_every=100, min_region=32))
+    fn.setup()
+    base = np.full((240, 320, 3), 90, np.uint8)
+    fn.start_bundle()
+    list(fn.process(frame_context(base, seq=0)))  # first frame: full
+    list(fn.process(frame_context(base, seq=1)))  # nothing changed: no detector call
+    moved = base.copy()
+    moved[100:130, 150:180] = 200
+    list(fn.process(frame_context(moved, seq=2)))  # a changed patch: a crop, not the frame
+    Sizes.fail_next = True
+    failed = list(fn.process(frame_context(moved, seq=3)))  # still, so nothing to search ...
+    moved2 = moved.copy()
+    moved2[10:40, 10:40] = 250
+    failed = list(fn.process(frame_context(moved2, seq=4)))  # ... a crop, which fails: degraded, gate reset
+    list(fn.process(frame_context(moved2, seq=5)))  # after the reset: the full frame again
+    fn.teardown()
+    assert calls[0] == (240, 320) and len(calls) == 4, calls
+    assert calls[1][0] < 240 and calls[1][1] < 320 and calls[2][0] < 240
+    assert failed[0].degraded and calls[3] == (240, 320)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Iterator, Optional
@@ -52,19 +53,25 @@ def detect(detector: Any, frame: FrameContext, gate: Optional[ChangeGate] = None
 
 
 class _DetectFn(beam.DoFn):
-    """Detects on a worker thread, ``lookahead`` frames ahead of what it emits (0: on the calling thread).
+    """Detects on worker threads, ``lookahead`` frames ahead of what it emits (0: on the calling thread).
 
     The runner drives one fused chain per bundle on one thread (read, decode, detect, track, mask, encode,
     write). With a look-ahead the detector (onnxruntime, which releases the GIL) works on frame k while the
     chain finishes frame k-1 and decodes frame k+1, so the second core is used. Frames leave in arrival order
     with their own timestamp and window, and ``finish_bundle`` drains every frame still in flight, so a
     bundle's outputs are all written before its offsets are committed, exactly as without the look-ahead.
+
+    With ``workers`` > 1 each camera is bound to one worker thread (by a hash of its id), so several cameras
+    are detected at once while each camera's frames still reach its change gate one at a time, in order. The
+    workers share one detector: onnxruntime sessions accept concurrent runs. ``lookahead`` must be at least
+    ``workers`` for them all to be busy.
     """
 
     def __init__(self, name: str, threads: int, score_threshold: Optional[float],
                  factory: Optional[DetectorFactory], lookahead: int = 0,
-                 gate: Optional[GateConfig] = None) -> None:
+                 gate: Optional[GateConfig] = None, workers: int = 1) -> None:
         self._name = name
+        self._workers = max(1, int(workers))
         self._gate_cfg = gate
         self._gates: "OrderedDict[tuple[str, int], ChangeGate]" = OrderedDict()
         self._threads = threads
@@ -72,7 +79,7 @@ class _DetectFn(beam.DoFn):
         self._factory = factory
         self._lookahead = max(0, int(lookahead))
         self._detector: Any = None
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pools: list[ThreadPoolExecutor] = []
         self._pending: Deque[tuple[Future, Any, Any]] = deque()
         self._latency = Metrics.distribution(STAGE, "frame_us")
         self._degraded = Metrics.counter(STAGE, "frames_degraded")
@@ -85,7 +92,8 @@ class _DetectFn(beam.DoFn):
 
             self._detector = load_detector(self._name, threads=self._threads, score_threshold=self._threshold)
         if self._lookahead:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmask-detect")
+            self._pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"riskmask-detect-{i}")
+                           for i in range(self._workers)]
 
     def start_bundle(self) -> None:
         self._pending = deque()
@@ -103,11 +111,11 @@ class _DetectFn(beam.DoFn):
         self._gates.move_to_end(key)
         return gate
 
-    def _timed(self, frame: FrameContext) -> tuple[FrameContext, float]:
-        # Runs on the single look-ahead worker (or the caller's thread): frames of a camera reach their gate in
-        # arrival order, one at a time.
+    def _timed(self, frame: FrameContext, gate: Optional[ChangeGate]) -> tuple[FrameContext, float]:
+        # Runs on the camera's worker (or the caller's thread): a camera's frames reach its gate in arrival
+        # order, one at a time. The gate was looked up on the runner's thread, which alone touches the table.
         start = time.perf_counter()
-        return detect(self._detector, frame, self._gate(frame)), time.perf_counter() - start
+        return detect(self._detector, frame, gate), time.perf_counter() - start
 
     def _done(self, out: FrameContext, seconds: float) -> FrameContext:
         # Beam metrics are per thread: record on the runner's thread, not the worker's.
@@ -117,10 +125,11 @@ class _DetectFn(beam.DoFn):
 
     def process(self, frame: FrameContext, timestamp: Any = beam.DoFn.TimestampParam,
                 window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
-        if self._pool is None:
-            yield self._done(*self._timed(frame))
+        if not self._pools:
+            yield self._done(*self._timed(frame, self._gate(frame)))
             return
-        self._pending.append((self._pool.submit(self._timed, frame), timestamp, window))
+        pool = self._pools[zlib.crc32(frame.camera_id.encode("utf-8")) % len(self._pools)]
+        self._pending.append((pool.submit(self._timed, frame, self._gate(frame)), timestamp, window))
         while len(self._pending) > self._lookahead:
             yield self._emit()
 
@@ -133,9 +142,9 @@ class _DetectFn(beam.DoFn):
         return WindowedValue(self._done(*future.result()), timestamp, (window,))
 
     def teardown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._pools = []
 
 
 class DetectFaces(beam.PTransform):
@@ -144,14 +153,15 @@ class DetectFaces(beam.PTransform):
     ``detector_factory`` (a picklable zero-argument callable) replaces the model loader, e.g. to run another
     detector implementation; by default ``load_detector(detector, threads, score_threshold)`` is used.
     ``lookahead`` frames are detected ahead on a worker thread (see :class:`_DetectFn`; 0 turns it off).
-    ``change_gate`` limits detection to changed regions per camera (None: every frame in full).
+    ``change_gate`` limits detection to changed regions per camera (None: every frame in full); ``workers``
+    threads detect different cameras at once.
     """
 
     def __init__(self, detector: str = "yunet", threads: int = 1, score_threshold: Optional[float] = None,
                  detector_factory: Optional[DetectorFactory] = None, lookahead: int = 0,
-                 change_gate: Optional[GateConfig] = None) -> None:
+                 change_gate: Optional[GateConfig] = None, workers: int = 1) -> None:
         super().__init__()
-        self._fn = _DetectFn(detector, threads, score_threshold, detector_factory, lookahead, change_gate)
+        self._fn = _DetectFn(detector, threads, score_threshold, detector_factory, lookahead, change_gate, workers)
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         return pcoll | "Detect" >> beam.ParDo(self._fn).with_output_types(FrameContext)
