@@ -81,6 +81,14 @@ CHECKPOINT_INTERVAL_MS = 10_000
 LEDGER_NODES = 4
 LEDGER_FAULTS = (LEDGER_NODES - 1) // 3  # f: nodes that may be down while blocks still finalise
 LEDGER_COMPOSE_HOSTS = ("172.28.0.10", "172.28.0.11", "172.28.0.12", "172.28.0.13")
+# Kubernetes: pod IPs change, so the genesis names each validator by its stable DNS name under the StatefulSet's
+# headless Service (<statefulset>-N.<service>.<namespace>.svc.cluster.local); the API certificates are issued
+# for those names. The cluster directory for the Secret is made with LEDGER_INIT_K8S (docs/deploy-flink.md).
+K8S_NAMESPACE = "riskmask"
+LEDGER_K8S_HOSTS = tuple(f"ledger-{i}.ledger.{K8S_NAMESPACE}.svc.cluster.local" for i in range(LEDGER_NODES))
+LEDGER_INIT_K8S = ["riskmask", "ledger", "init", "--validators", str(LEDGER_NODES), "--out", "./ledger-cluster",
+                   "--hosts", ",".join(LEDGER_K8S_HOSTS), "--p2p-port", str(PORTS["ledger_p2p"]),
+                   "--api-port", str(PORTS["ledger_api"]), "--api-tls"]
 LEDGER_CONFIG = "/etc/riskmask/node.json"
 LEDGER_CLUSTER_DIR = "/etc/riskmask/cluster"
 # The ledger API is HTTPS only (`ledger init --api-tls`): each node gets its own certificate and key, laid out as

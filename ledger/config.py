@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -47,17 +48,28 @@ def _fail(where: str, reason: str) -> ConfigError:
     return ConfigError(f"{where}: {reason}")
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _is_dns_name(host: str) -> bool:
+    """A lower-case DNS host name (RFC 1123 labels), e.g. ``ledger-0.ledger.riskmask.svc.cluster.local``."""
+    labels = host.split(".")
+    return (len(host) <= 253 and not labels[-1].isdigit()
+            and all(_DNS_LABEL.fullmatch(label) for label in labels))
+
+
 def parse_address(text: Any, where: str) -> tuple[str, int]:
-    """``"host:port"`` -> (host, port); host must be an IP literal or ``localhost``."""
+    """``"host:port"`` -> (host, port); host is an IP literal or a lower-case DNS name (``localhost``, or a
+    Kubernetes service name such as ``ledger-0.ledger.riskmask.svc.cluster.local``, whose IP may change)."""
     if not isinstance(text, str) or ":" not in text:
         raise _fail(where, f"address must be 'host:port', got {text!r}")
     host, _, port_s = text.rpartition(":")
     host = host.strip("[]")
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise _fail(where, f"host must be an IP address or 'localhost', got {host!r}") from None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _is_dns_name(host):
+            raise _fail(where, f"host must be an IP address or a lower-case DNS name, got {host!r}") from None
     if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
         raise _fail(where, f"port must be 0..65535, got {port_s!r}")
     return host, int(port_s)

@@ -758,3 +758,39 @@ def test_deployed_producer_encrypts_with_only_the_frame_keys() -> None:
     pipeline_sources = {t: s for s, t in _compose_secret_targets("pipeline").items()}
     assert top[pipeline_sources[dc.PIPELINE_SECRET_FILES[FRAME_KEYS_FILE]]]["file"] == top[source]["file"]
     assert not any(".key" in str(v) or "keyring" in str(v) for v in svc.get("volumes", []))
+
+
+def test_k8s_ledger_init_names_the_statefulset_dns_and_issues_certificates_for_it(tmp_path: Path) -> None:
+    """Pod IPs change: the documented Kubernetes `ledger init` names each validator by the StatefulSet's DNS name,
+    the config accepts those names, and each node's API certificate is valid for its own name only."""
+    from cryptography import x509
+
+    from ledger.config import Genesis, NodeConfig
+    from riskmask.cli import build_parser
+
+    sts = _k8s("StatefulSet", "ledger")
+    svc = _k8s("Service", "ledger")
+    ns = sts["metadata"]["namespace"]
+    want = [f"{sts['metadata']['name']}-{i}.{svc['metadata']['name']}.{ns}.svc.cluster.local"
+            for i in range(sts["spec"]["replicas"])]
+    assert list(dc.LEDGER_K8S_HOSTS) == want and sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    argv = list(dc.LEDGER_INIT_K8S)
+    doc = (ROOT / "docs" / "deploy-flink.md").read_text(encoding="utf-8")
+    assert shlex.join(argv) in doc, "docs/deploy-flink.md does not show the Kubernetes `ledger init` command"
+    out = tmp_path / "k8s-cluster"
+    argv[argv.index("--out") + 1] = str(out)
+    args = build_parser().parse_args(argv[1:])
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert args.func(args) == 0
+    genesis = Genesis.load(out / "genesis.json")
+    ca = x509.load_pem_x509_certificate((out / "tls" / "ca.crt").read_bytes())
+    for v in genesis.validators:
+        host = want[v.index]
+        assert v.api_address == f"https://{host}:{dc.PORTS['ledger_api']}"
+        assert v.p2p_address == f"{host}:{dc.PORTS['ledger_p2p']}"
+        cfg = NodeConfig.load(out / f"node{v.index}.json")
+        assert cfg.api_listen == f"0.0.0.0:{dc.PORTS['ledger_api']}"
+        cert = x509.load_pem_x509_certificate(Path(cfg.api_tls_cert).read_bytes())
+        cert.verify_directly_issued_by(ca)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == [host]

@@ -192,3 +192,27 @@ def test_ledger_node_module_takes_metrics_port_and_refuses_a_bad_one(tmp_path):
     r = _cli("ledger", "up", "--dir", str(tmp_path / "none"), "--metrics-port", "-1", timeout=60)
     assert r.returncode == 2 and "--metrics-port must be 0..65535" in r.stderr and "Traceback" not in r.stderr, \
         r.stderr
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("127.0.0.1:26657", ("http", "127.0.0.1", 26657)),
+    ("https://127.0.0.1:26657", ("https", "127.0.0.1", 26657)),
+    ("https://ledger-0.ledger.riskmask.svc.cluster.local:26657",
+     ("https", "ledger-0.ledger.riskmask.svc.cluster.local", 26657)),
+    ("http://localhost:1", ("http", "localhost", 1)),
+    ("ftp://127.0.0.1:1", None),
+    ("https://Ledger-0:1", None),
+    ("https://bad_name:1", None),
+    ("https://-x.y:1", None),
+    ("https://a..b:1", None),
+    ("https://999.1.1.1:1", None),
+    ("https://127.0.0.1:99999", None),
+])
+def test_api_addresses_take_a_scheme_and_dns_names(text, ok):
+    from ledger.config import ConfigError, split_api_address
+
+    if ok is None:
+        with pytest.raises(ConfigError):
+            split_api_address(text, "t")
+    else:
+        assert split_api_address(text, "t") == ok
