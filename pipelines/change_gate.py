@@ -133,6 +133,7 @@ class ChangeGate:
     """Per-camera state of change-gated detection (not thread-safe; one gate per camera)."""
 
     cfg: GateConfig = field(default_factory=GateConfig)
+    phase: int = 0  # frames the first refresh comes early by: cameras given different phases refresh apart
     _ref: np.ndarray | None = None
     _since_refresh: int = 0
     _last_seq: int | None = None
@@ -161,7 +162,8 @@ class ChangeGate:
         """Record what the detector found for ``plan``; returns every box to treat as a face in this frame."""
         self._last_seq = seq
         if plan.full:
-            self._ref, self._since_refresh, self._carried = small.copy(), 0, list(found)
+            since = self.phase % self.cfg.refresh_every if plan.reason == "first" else 0
+            self._ref, self._since_refresh, self._carried = small.copy(), since, list(found)
             return list(found)
         self._since_refresh += 1
         s = self.cfg.scale

@@ -159,3 +159,17 @@ def cctv_clip():
     clip = default_cctv_clip(n_frames=100)
     assert sum(len(b) for b in clip.boxes) > 150  # enough faces to mean something
     return clip
+
+
+def test_phase_moves_the_first_refresh_earlier() -> None:
+    reasons = {}
+    for phase in (0, 3):
+        gate = ChangeGate(GateConfig(refresh_every=5), phase=phase)
+        seen = []
+        for i in range(11):
+            plan, small = gate.plan(_frame(), seq=i)
+            gate.update(plan, small, [], seq=i)
+            seen.append(plan.full)
+        reasons[phase] = [i for i, full in enumerate(seen) if full]
+    assert reasons[0] == [0, 5, 10]
+    assert reasons[3] == [0, 2, 7]

@@ -166,10 +166,7 @@ def test_two_workers_detect_two_cameras_at_once_and_keep_each_cameras_order():
     fake = _PerCameraRecorder()
     fn = _DetectFn("yunet", 1, None, lambda: fake, lookahead=4, gate=None, workers=2)
     fn.setup()
-    cams = ("cam-1", "cam-4")
-    import zlib
-
-    assert len({zlib.crc32(c.encode()) % 2 for c in cams}) == 2  # the two cameras land on different workers
+    cams = ("cam-1", "cam-2")
     try:
         out = []
         fn.start_bundle()

@@ -61,7 +61,8 @@ class _DetectFn(beam.DoFn):
     with their own timestamp and window, and ``finish_bundle`` drains every frame still in flight, so a
     bundle's outputs are all written before its offsets are committed, exactly as without the look-ahead.
 
-    With ``workers`` > 1 each camera is bound to one worker thread (by a hash of its id), so several cameras
+    With ``workers`` > 1 each camera is bound to one worker thread (the least loaded when the camera is first
+    seen), so several cameras
     are detected at once while each camera's frames still reach its change gate one at a time, in order. The
     workers share one detector: onnxruntime sessions accept concurrent runs. ``lookahead`` must be at least
     ``workers`` for them all to be busy.
@@ -74,6 +75,7 @@ class _DetectFn(beam.DoFn):
         self._workers = max(1, int(workers))
         self._gate_cfg = gate
         self._gates: "OrderedDict[tuple[str, int], ChangeGate]" = OrderedDict()
+        self._worker_of: "OrderedDict[str, int]" = OrderedDict()  # camera id -> worker index
         self._threads = threads
         self._threshold = score_threshold
         self._factory = factory
@@ -105,11 +107,26 @@ class _DetectFn(beam.DoFn):
         key = (frame.camera_id, frame.epoch)
         gate = self._gates.get(key)
         if gate is None:
-            gate = self._gates[key] = ChangeGate(self._gate_cfg)
+            # Cameras refresh at different frames, so two cameras' full-frame refreshes rarely coincide.
+            phase = zlib.crc32(frame.camera_id.encode("utf-8"))
+            gate = self._gates[key] = ChangeGate(self._gate_cfg, phase=phase)
             while len(self._gates) > MAX_GATED_CAMERAS:
                 self._gates.popitem(last=False)
         self._gates.move_to_end(key)
         return gate
+
+    def _worker(self, camera_id: str) -> int:
+        """The camera's worker: fixed once chosen (its frames stay in order), the least loaded for a new one."""
+        index = self._worker_of.get(camera_id)
+        if index is None:
+            load = [0] * len(self._pools)
+            for i in self._worker_of.values():
+                load[i] += 1
+            index = self._worker_of[camera_id] = load.index(min(load))
+            while len(self._worker_of) > MAX_GATED_CAMERAS:
+                self._worker_of.popitem(last=False)
+        self._worker_of.move_to_end(camera_id)
+        return index
 
     def _timed(self, frame: FrameContext, gate: Optional[ChangeGate]) -> tuple[FrameContext, float]:
         # Runs on the camera's worker (or the caller's thread): a camera's frames reach its gate in arrival
@@ -128,7 +145,7 @@ class _DetectFn(beam.DoFn):
         if not self._pools:
             yield self._done(*self._timed(frame, self._gate(frame)))
             return
-        pool = self._pools[zlib.crc32(frame.camera_id.encode("utf-8")) % len(self._pools)]
+        pool = self._pools[self._worker(frame.camera_id)]
         self._pending.append((pool.submit(self._timed, frame, self._gate(frame)), timestamp, window))
         while len(self._pending) > self._lookahead:
             yield self._emit()
