@@ -1,4 +1,7 @@
-"""A known limit of the ledger threat model (docs/ledger.md), shown on real node processes.
+"""Known limits of the ledger threat model (docs/ledger.md), shown on real processes and sockets.
+
+These tests pin what the design does not yet stop, so that the threat model stays true; a change that closes
+a limit makes its test fail, and the test and the docs are then updated together.
 
 A node that lost its data signs nothing through the highest certified height it heard + 2 (it cannot know
 what it signed before the wipe). With n = 4 (f = 1) the chain then needs all three other validators: one
@@ -47,3 +50,43 @@ def test_wiped_node_and_one_silent_validator_halt_until_it_returns(tmp_path) -> 
         assert_no_fork(c, range(4))
     finally:
         c.down()
+
+
+def test_node_omitting_a_record_at_the_certified_height_is_believed() -> None:
+    """Known limit: the registry state has no root in the block header, so the freshness check proves only
+    the height a node serves, not that it serves every record up to it. A node that certifies the real tip
+    and serves the watchlist at that height, but leaves out a risk downgrade, is believed when it is asked
+    first; and because later syncs ask only for changes after that height, the omission outlives the node's
+    turn (until the subject changes again). Real sockets, real commit certificates (Ed25519)."""
+    import os
+
+    import numpy as np
+
+    from pipelines.matching import MATCHED
+    from pipelines.transforms.enrich_risk import LedgerWatchlistSource, RiskConfig, enrich_frame
+    from pipelines.watchlist_index import WatchlistIndex
+    from tests.test_watchlist_freshness import Chain, _frame, _nodes, _record, _sync
+
+    chain = Chain()
+    kek, kid = os.urandom(32), b"kid-0001"
+    template = np.random.default_rng(7).standard_normal(128).astype(np.float32)
+    p = os.urandom(32)
+    old = [_record(p, 1, 5, 95, kek, kid, template)]   # suspect, risk 95: disclosed
+    new = [_record(p, 2, 9, 20, kek, kid, template)]   # downgraded at height 9: must be masked
+    # node 0 certifies the real tip 10 and serves height 10, without the downgrade; nodes 1-3 are honest
+    nodes = _nodes(chain, [(10, 10, old), (10, 10, old + new), (10, 10, old + new), (10, 10, old + new)])
+    with nodes[0], nodes[1], nodes[2], nodes[3]:
+        sync = _sync(chain, nodes, {kid: kek}, catch_up_s=0.3)
+        source = LedgerWatchlistSource(lambda: sync)
+        idx = source.sync(WatchlistIndex.empty(), 1000.0)  # the rotation starts at node 0
+        assert nodes[0].requests.count("/v1/registry/watchlist") == 1
+        for t in range(4):  # every honest node takes its turn
+            idx = source.sync(idx, 1001.0 + t)
+        served = [n.requests.count("/v1/registry/watchlist") for n in nodes]
+        fr, _ = enrich_frame(_frame(template), idx, 1005.0, RiskConfig())
+        face = fr.detections[0]
+        print(f"watchlist reads per node {served}; stale nodes {sync.stale_nodes}; the face: {face.identity}, "
+              f"risk {face.risk}")
+        assert all(served[i] >= 1 for i in (1, 2, 3)) and not sync.stale_nodes
+        assert not idx.is_stale(1005.0, 30.0)
+        assert face.identity == MATCHED and face.risk == 95, "the omission was detected: update docs/ledger.md"
