@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.client import ApiError, LedgerClient, Unavailable
 from ledger.config import (ClientRegistry, ConfigError, Genesis, KeyFile, NodeConfig, ValidatorInfo,
-                           write_json)
+                           parse_address, write_json)
 from ledger.tls import TLS_DIR, cluster_ca, node_cert_name, node_key_name, write_api_tls
 from riskmask import procs
 
@@ -130,6 +130,12 @@ def init_cluster(out: Path, validators: int = 4, chain_id: Optional[str] = None,
     out = Path(out)
     if not 1 <= validators <= 64:
         raise ClusterError("--validators must be between 1 and 64")
+    for h in hosts or ():  # refuse a bad host name before anything is written
+        try:
+            parse_address(f"{h}:{p2p_port}", "--hosts")
+            parse_address(f"{h}:{api_port}", "--hosts")
+        except ConfigError as exc:
+            raise ClusterError(str(exc)) from None
     if (out / "genesis.json").exists() and not force:
         raise ClusterError(f"{out} already holds a ledger cluster (genesis.json); use --force to replace it")
     if force and (out / "run").exists() and any((out / "run").glob("*.pid")):

@@ -216,3 +216,13 @@ def test_api_addresses_take_a_scheme_and_dns_names(text, ok):
             split_api_address(text, "t")
     else:
         assert split_api_address(text, "t") == ok
+
+
+def test_init_refuses_a_bad_host_in_one_line_and_writes_nothing(tmp_path):
+    d = tmp_path / "bad"
+    for args in (["--hosts", "Bad_Host"], ["--hosts", "10.0.0.1", "--api-port", "99999"]):
+        r = _cli("ledger", "init", "--validators", "1", "--out", str(d), "--api-tls", *args, timeout=60)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("riskmask: error: --hosts:"), r.stderr
+        assert not d.exists()
