@@ -69,11 +69,12 @@ def make_clip(cast: Any, n_faces: int, n_frames: int, seed: int) -> list[bytes]:
 def register(info: Any, cast: Any) -> int:
     """Register the cast's subjects (fictional roles) on the ledger; returns how many."""
     from ledger import manager_cli, privacy
+    from pipelines import enrolment
 
     client = manager_cli.RegistryClient.from_dir(Path(info.ledger_dir), "manager", keys_dir=Path(info.keys_dir))
     try:
         for subj in cast.subjects:
-            templates = manager_cli.face_templates(list(subj.photos))
+            templates = enrolment.face_templates(list(subj.photos))
             record = privacy.SubjectRecord.make(subj.risk, subj.suspect, templates, {"note": "benchmark"},
                                                 time.time_ns() // 1000)
             client.register(privacy.Identity(*subj.identity), record)

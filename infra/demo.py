@@ -222,6 +222,7 @@ class Demo:
 
     def step_register(self) -> str:
         from ledger import manager_cli, privacy
+        from pipelines import enrolment
 
         info = self._need_stack()
         client = manager_cli.RegistryClient.from_dir(Path(info.ledger_dir), "manager", keys_dir=Path(info.keys_dir))
@@ -238,7 +239,7 @@ class Demo:
                     res = client.update(ident, subj.risk, subj.suspect)
                     entry.update(status="risk updated", version=res.version, height=res.height)
                 else:
-                    templates = manager_cli.face_templates(list(subj.photos))
+                    templates = enrolment.face_templates(list(subj.photos))
                     record = privacy.SubjectRecord.make(subj.risk, subj.suspect, templates,
                                                         {"note": "fictional demo role"}, time.time_ns() // 1000)
                     res = client.register(ident, record)

@@ -8,6 +8,7 @@ older runs' records.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from infra.stack import StackInfo
+from pipelines.runner import register_run
 from riskmask import procs
 from riskmask.errors import ServiceError
 
@@ -69,11 +71,8 @@ class PipelineProcess:
 
 def run_flags() -> set[str]:
     """Every option string ``riskmask run`` accepts (read from the command itself, so the demo follows it)."""
-    import argparse
-
-    from riskmask.cli import build_parser
-
-    parser = build_parser()
+    parser = argparse.ArgumentParser()
+    register_run(parser.add_subparsers())
     run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
     return {opt for a in run._actions for opt in a.option_strings}
 

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-from ledger import payloads
+from ledger import audit_blocks, payloads
 from ledger.config import SUBMIT_KINDS, ClientRegistry, Genesis
 from ledger.payloads import AnchorTx, PayloadError
 from ledger.registry import kinds as tx_kinds
@@ -411,18 +411,9 @@ def _close(messages: Any) -> None:
         close()
 
 
-def pipeline_block_hash() -> Optional[Callable[[AuditBlock], bytes]]:
-    """The pipeline's audit block hash (pipelines.audit_chain), when that package is installed."""
-    try:
-        from pipelines import audit_chain
-    except ImportError:
-        return None
-
-    def fn(blk: AuditBlock) -> bytes:
-        return audit_chain.block_hash(blk.camera_id, blk.index, blk.prev_hash, blk.window_start_us,
-                                      blk.window_end_us, len(blk.records), blk.merkle_root)
-
-    return fn
+def pipeline_block_hash() -> Callable[[AuditBlock], bytes]:
+    """The audit block hash the pipeline writes (the format of :mod:`ledger.audit_blocks`)."""
+    return audit_blocks.audit_block_hash
 
 
 def add_commands(sub) -> None:

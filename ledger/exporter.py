@@ -15,7 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from riskmask.errors import ServiceError
+from riskmask import local_broker
+from riskmask.errors import ServiceError, UserError
 
 if TYPE_CHECKING:
     from schemas.messages import LedgerBlock
@@ -318,17 +319,11 @@ def add_command(ledger_sub) -> None:
 
 
 def resolve_bootstrap(value: Optional[str]) -> str:
-    """``--bootstrap`` or the embedded broker recorded in the state directory."""
-    if value:
-        return value
-    from infra.broker import EmbeddedBroker
-
-    info = EmbeddedBroker().info()
-    if info is None:
-        from riskmask.errors import UserError
-
+    """``--bootstrap``, else ``$RISKMASK_BOOTSTRAP``, else the embedded broker recorded in the state directory."""
+    bootstrap = local_broker.resolve_bootstrap(value, fallback=None)
+    if bootstrap is None:
         raise UserError("no --bootstrap given and no local broker running (riskmask broker start)")
-    return info.bootstrap
+    return bootstrap
 
 
 def _cmd_export(args) -> int:

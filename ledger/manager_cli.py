@@ -17,22 +17,26 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
 
 from ledger import keys as keyring
 from ledger import payloads, privacy
 from ledger.payloads import AnchorTx
-from ledger.registry_client import (COMMIT_TIMEOUT_S, Committed, RegistryClient, RegistryError, SearchResult,
-                                    face_templates)
+from ledger.registry_client import COMMIT_TIMEOUT_S, Committed, RegistryClient, RegistryError, SearchResult
 from riskmask.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 # The library names, re-exported for callers that use this module (demo, tests, benchmarks).
-__all__ = ["COMMIT_TIMEOUT_S", "Committed", "RegistryClient", "RegistryError", "SearchResult", "face_templates",
+__all__ = ["COMMIT_TIMEOUT_S", "Committed", "FaceEmbedder", "RegistryClient", "RegistryError", "SearchResult",
            "register_commands"]
 
 Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# Photos (and an optional model directory) -> one face template per photo. The ledger loads no face model:
+# the command line passes the pipeline's embedder as ``args.face_templates`` (see riskmask.cli).
+FaceEmbedder = Callable[[Sequence[Path], Optional[Path]], list[np.ndarray]]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -186,7 +190,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     client = _client(args)
     try:
-        templates = face_templates(args.photo, args.model_dir) if args.photo else []
+        templates = _embedder(args)(args.photo, args.model_dir) if args.photo else []
         record = _run(privacy.SubjectRecord.make, args.risk, args.suspect, templates, attrs, time.time_ns() // 1000)
         res = _run(client.register, ident, record)
     finally:
@@ -194,6 +198,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
     print(f"registered subject {res.pseudonym.hex()[:16]} version {res.version} at height {res.height} "
           f"({len(record.templates)} face template(s))")
     return 0
+
+
+def _embedder(args: argparse.Namespace) -> FaceEmbedder:
+    embed = getattr(args, "face_templates", None)
+    if embed is None:
+        raise UserError("registering photos needs the face models: run it as 'riskmask register'")
+    return embed
 
 
 def _print_record(res: SearchResult, as_json: bool) -> None:

@@ -2,8 +2,9 @@
 
 :class:`RegistryClient` pseudonymises and encrypts on this side, uploads the wrapped data key to every node's
 key store (a quorum must accept it), then submits the signed transaction and waits until it is committed and
-applied. :func:`face_templates` turns registration photos into SFace templates. Nothing here logs a raw
-identifier or a template. The ``riskmask`` subcommands built on it are in :mod:`ledger.manager_cli`.
+applied. Face templates arrive ready-made (the caller embeds the photos: :mod:`pipelines.enrolment`); the
+ledger loads no face model. Nothing here logs a raw identifier or a template. The ``riskmask`` subcommands
+built on it are in :mod:`ledger.manager_cli`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
-
+from ledger import crypto
 from ledger import keys as keyring
-from ledger import payloads, privacy
+from ledger import merkle, payloads, privacy
+from ledger.client import ApiError, LedgerClient, Unavailable
+from ledger.config import ConfigError, Genesis, KeyFile
 from ledger.payloads import AnchorTx, EraseTx, SubjectTx
+from ledger.types import Block, CommitCertificate, Transaction, verify_commit
 from riskmask.errors import ServiceError, UserError
 
 logger = logging.getLogger(__name__)
@@ -53,8 +56,6 @@ class RegistryClient:
 
     def __init__(self, genesis: Any, seed: bytes, ring: Optional[keyring.Keyring] = None,
                  addresses: Optional[Sequence[str]] = None, timeout_s: float = 10.0) -> None:
-        from ledger.client import LedgerClient
-
         self.genesis = genesis
         self.chain_id: str = genesis.chain_id
         self.seed = seed
@@ -65,8 +66,6 @@ class RegistryClient:
     @classmethod
     def from_dir(cls, ledger_dir: Path, key_name: str = "manager", keys_dir: Optional[Path] = None,
                  key_file: Optional[Path] = None, need_keyring: bool = True) -> "RegistryClient":
-        from ledger.config import ConfigError, Genesis, KeyFile
-
         try:
             genesis = Genesis.load(Path(ledger_dir) / "genesis.json")
             seed = KeyFile.load(key_file or Path(ledger_dir) / "keys" / f"{key_name}.key").seed
@@ -87,8 +86,6 @@ class RegistryClient:
     # -- transport helpers -------------------------------------------------------------------------------
     def _any(self, fn) -> Any:
         """Call ``fn(client)`` on the first reachable node."""
-        from ledger.client import Unavailable
-
         errors = []
         for c in self.clients:
             try:
@@ -103,8 +100,6 @@ class RegistryClient:
         return self.ring
 
     def lookup(self, pseudonym: bytes) -> Optional[dict]:
-        from ledger.client import ApiError
-
         def get(c):
             try:
                 return c.request("GET", f"/v1/registry/subjects/{pseudonym.hex()}")
@@ -129,8 +124,6 @@ class RegistryClient:
 
     def _upload_key(self, pseudonym: bytes, wrapped: bytes) -> None:
         """Put the wrapped key on every reachable node; a quorum must hold it before the tx is sent."""
-        from ledger.client import ApiError, Unavailable
-
         ok, errors = 0, []
         body = {"pseudonym": pseudonym.hex(), "wrapped": base64.b64encode(wrapped).decode()}
         for c in self.clients:
@@ -148,10 +141,6 @@ class RegistryClient:
                                f"(need {self.genesis.quorum}): {errors[-1] if errors else ''}")
 
     def _submit(self, kind: int, payload: bytes) -> str:
-        from ledger import crypto
-        from ledger.client import ApiError
-        from ledger.types import Transaction
-
         key = crypto.PrivateKey.from_seed(self.seed)
         tx = Transaction.create(key, self.chain_id, kind, time.time_ns() // 1000, int(time.time() * 1000), payload)
         raw = tx.encode()
@@ -287,10 +276,6 @@ class RegistryClient:
         Needs a key whose role may read blocks (auditor or manager). Returns the node's proof plus the
         decoded anchor; raises :class:`RegistryError` when anything does not verify.
         """
-        from ledger import merkle
-        from ledger.client import ApiError
-        from ledger.types import Block, CommitCertificate, verify_commit
-
         try:
             st = self._any(lambda c: c.tx(tx_hash))
         except ApiError as exc:
@@ -325,40 +310,3 @@ class RegistryClient:
                 "anchor": {"camera_id": anchor.camera_id, "window_start_us": anchor.window_start_us,
                            "window_end_us": anchor.window_end_us, "record_count": anchor.record_count,
                            "merkle_root": anchor.merkle_root.hex(), "audit_index": anchor.audit_index}}
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Face templates from photos
-
-
-def face_templates(photos: Sequence[Path], model_dir: Optional[Path] = None) -> list[np.ndarray]:
-    """One SFace template per photo; a photo must show exactly one face (checked before anything is sent).
-
-    Faces are found by YuNet alone, without the pipeline's upscaled tiny-face pass: an enrolment photo shows
-    its subject large, and the tiny pass would count people far in its background (a 1434 x 2333 portrait
-    with two 22 px faces behind the subject) and refuse a usable photo."""
-    import cv2
-
-    from pipelines.models.detector import load_detector
-    from pipelines.models.recognizer import load_recognizer
-
-    images = []
-    for path in photos:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise UserError(f"cannot read image {path}")
-        images.append(img)
-    try:
-        det = load_detector("yunet", model_dir=model_dir, tiny_factor=0)
-        rec = load_recognizer(model_dir=model_dir)
-    except Exception as exc:  # ModelError: missing/unverifiable model file
-        raise ServiceError(f"face models unavailable: {exc}") from None
-    out = []
-    for path, img in zip(photos, images):
-        faces = det.detect(img)
-        if not faces:
-            raise UserError(f"no face found in {path}")
-        if len(faces) > 1:
-            raise UserError(f"{len(faces)} faces found in {path}; use a photo showing only the subject")
-        out.append(np.asarray(rec.embed(img, faces)[0], np.float32))
-    return out

@@ -5,47 +5,34 @@ redacted image, the masked regions as published, the watchlist height and the po
 done to each face (box, track id, source, identity class, risk group, suspect flag, mask mode and strength;
 no template, no pseudonym, a keyed subject reference only for disclosed high-risk subjects) *sealed to the
 auditor's X25519 key* (``sealed_faces``, bound to the frame by its camera/epoch/seq and image hashes). Without
-an auditor key no per-face decision is recorded at all: nothing of it is ever written in clear. A :class:`CameraChain` collects one camera's records and cuts an
+an auditor key no per-face decision is recorded at all: nothing of it is ever written in clear.
+A :class:`CameraChain` collects one camera's records and cuts an
 :class:`~schemas.messages.AuditBlock` when ``max_records`` records are pending or when the capture times of
 the arriving records span ``max_window_us`` (no timers: the flush is decided on each arriving record).
 
-Block layout (all integers big-endian):
-- ``merkle_root`` = RFC 6962 tree hash over the leaves ``AuditRecord.to_bytes()`` (the Avro single-object
-  encoding, so the schema fingerprint is bound into each leaf), in arrival order;
-- ``block_hash`` = SHA-256(``BLOCK_DOMAIN`` || u32 len(camera_id) || camera_id (UTF-8) || i64 index ||
-  prev_hash (32) || i64 window_start_us || i64 window_end_us || u32 record count || merkle_root (32));
-- ``prev_hash`` is the previous block's ``block_hash`` for the same camera, 32 zero bytes for index 0.
+The block format itself (hashing, Merkle root, verification, the ledger anchor) is the auditor's as much as
+the pipeline's: it lives in :mod:`ledger.audit_blocks` and is re-exported here for the pipeline's callers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import struct
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
+from ledger.audit_blocks import (BLOCK_DOMAIN, ZERO_HASH, AuditChainError, anchor_tx, block_hash, make_block,
+                                  merkle_root, verify_block, verify_chain)
+from ledger.privacy import auditor_key_id, decisions_aad, seal_for_auditor
 from schemas.messages import AuditBlock, AuditRecord, FaceDecision, RedactedFrame, SealedFaces
 
 logger = logging.getLogger(__name__)
 
-BLOCK_DOMAIN = b"riskmask.audit.block.v1\x00"
-ZERO_HASH = b"\x00" * 32
+__all__ = ["BLOCK_DOMAIN", "ZERO_HASH", "AuditChainError", "CameraChain", "FlushRule", "anchor_tx", "block_hash",
+           "make_block", "merkle_root", "padded", "record_from_redacted", "scrub_face", "seal_decisions",
+           "verify_block", "verify_chain"]
+
 DEFAULT_MAX_RECORDS = 250          # 10 s of a 25 fps camera
 DEFAULT_MAX_WINDOW_US = 10_000_000
-
-
-class AuditChainError(ValueError):
-    """A record for the wrong camera, a bad flush rule, or a block that does not verify."""
-
-
-def merkle_root(leaves: Sequence[bytes]) -> bytes:
-    """RFC 6962 Merkle tree hash of ``leaves`` (the ledger's implementation, one for the whole project)."""
-    from ledger import merkle
-
-    return merkle.merkle_root(list(leaves))
-
-
 SEAL_BLOCK = 512  # sealed plaintexts are padded to a multiple of this: about 9 faces per step
 
 
@@ -64,8 +51,6 @@ def padded(faces: SealedFaces, block: int = SEAL_BLOCK) -> bytes:
 def seal_decisions(frame: RedactedFrame, decisions: Sequence[FaceDecision],
                    auditor_public_key: bytes) -> tuple[bytes, bytes]:
     """(auditor key id, sealed box) of a frame's per-face decisions, bound to that frame."""
-    from ledger.privacy import auditor_key_id, decisions_aad, seal_for_auditor
-
     plain = padded(SealedFaces(faces=tuple(scrub_face(f) for f in decisions)))
     aad = decisions_aad(frame.camera_id, frame.epoch, frame.seq, frame.raw_sha256, frame.redacted_sha256)
     return auditor_key_id(auditor_public_key), seal_for_auditor(auditor_public_key, plain, aad)
@@ -91,61 +76,6 @@ def scrub_face(face: FaceDecision) -> FaceDecision:
     if face.subject_ref is not None and not (face.identity == "matched" and face.mode == "none"):
         return FaceDecision(**{**face.to_dict(), "subject_ref": None})
     return face
-
-
-def block_hash(camera_id: str, index: int, prev_hash: bytes, window_start_us: int, window_end_us: int,
-               record_count: int, root: bytes) -> bytes:
-    """SHA-256 over the block header fields (layout in the module docstring)."""
-    cam = camera_id.encode("utf-8")
-    if len(prev_hash) != 32 or len(root) != 32:
-        raise AuditChainError("prev_hash and merkle_root must be 32 bytes")
-    header = b"".join((BLOCK_DOMAIN, struct.pack(">I", len(cam)), cam,
-                       struct.pack(">q", index), prev_hash,
-                       struct.pack(">qqI", window_start_us, window_end_us, record_count), root))
-    return hashlib.sha256(header).digest()
-
-
-def make_block(camera_id: str, index: int, prev_hash: bytes, records: Sequence[AuditRecord]) -> AuditBlock:
-    """Seal ``records`` (non-empty, all of ``camera_id``) into the block at ``index`` after ``prev_hash``."""
-    if not records:
-        raise AuditChainError("an audit block needs at least one record")
-    for r in records:
-        if r.camera_id != camera_id:
-            raise AuditChainError("record of another camera in this camera's block")
-    start = min(r.capture_ts_us for r in records)
-    end = max(r.capture_ts_us for r in records)
-    root = merkle_root([r.to_bytes() for r in records])
-    digest = block_hash(camera_id, index, prev_hash, start, end, len(records), root)
-    return AuditBlock(camera_id=camera_id, index=index, prev_hash=prev_hash, window_start_us=start,
-                      window_end_us=end, merkle_root=root, block_hash=digest, records=tuple(records))
-
-
-def verify_block(block: AuditBlock, prev: Optional[AuditBlock] = None) -> None:
-    """Recompute root and hash; with ``prev``, check the chain link. Raises :class:`AuditChainError`."""
-    if not block.records:
-        raise AuditChainError("block has no records")
-    expected = make_block(block.camera_id, block.index, block.prev_hash, block.records)
-    if expected.merkle_root != block.merkle_root:
-        raise AuditChainError(f"block {block.index}: merkle root does not match its records")
-    if (expected.window_start_us, expected.window_end_us) != (block.window_start_us, block.window_end_us):
-        raise AuditChainError(f"block {block.index}: window does not match its records")
-    if expected.block_hash != block.block_hash:
-        raise AuditChainError(f"block {block.index}: block hash does not match its header")
-    if block.index == 0 and block.prev_hash != ZERO_HASH:
-        raise AuditChainError("first block must have a zero prev_hash")
-    if prev is not None:
-        if prev.camera_id != block.camera_id or prev.index + 1 != block.index:
-            raise AuditChainError(f"block {block.index} does not follow block {prev.index}")
-        if block.prev_hash != prev.block_hash:
-            raise AuditChainError(f"block {block.index}: prev_hash is not the hash of block {prev.index}")
-
-
-def verify_chain(blocks: Sequence[AuditBlock]) -> None:
-    """Verify consecutive blocks of one camera (the first may start anywhere in the chain)."""
-    prev: Optional[AuditBlock] = None
-    for b in blocks:
-        verify_block(b, prev)
-        prev = b
 
 
 @dataclass(frozen=True)
@@ -191,12 +121,3 @@ class CameraChain:
         self.pending = []
         logger.debug("audit block %s #%d: %d records", self.camera_id, block.index, len(block.records))
         return block
-
-
-def anchor_tx(block: AuditBlock) -> Any:
-    """The ledger anchor transaction (``ledger.payloads.AnchorTx``) for an audit block."""
-    from ledger.payloads import AnchorTx
-
-    return AnchorTx(camera_id=block.camera_id, window_start_us=block.window_start_us,
-                    window_end_us=block.window_end_us, record_count=len(block.records),
-                    merkle_root=block.merkle_root, audit_index=block.index, audit_block_hash=block.block_hash)

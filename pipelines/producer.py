@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from riskmask.errors import ServiceError, UserError
+from riskmask.local_broker import resolve_bootstrap
 from schemas.messages import CameraFrame
 
 logger = logging.getLogger(__name__)
@@ -512,8 +513,6 @@ def _produce_main(args: argparse.Namespace) -> int:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
         # FFmpeg prints every refused (re)connection of a live stream; outages are counted and logged here
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    from infra.broker import resolve_bootstrap
-
     if (args.source is None) == (args.cameras is None):
         raise ProducerError("give either a SOURCE or --cameras FILE")
     bootstrap = resolve_bootstrap(args.bootstrap_servers, fallback=DEFAULT_BOOTSTRAP)

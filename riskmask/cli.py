@@ -15,6 +15,7 @@ from typing import Sequence
 
 from riskmask import __version__
 from riskmask.errors import ServiceError, UserError
+from pipelines.enrolment import face_templates
 from riskmask.logjson import LOG_FORMATS, configure
 
 COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.cli", "infra.console.cli")
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=None,
                         help="log lines as text or as one JSON object per line (default: $RISKMASK_LOG_FORMAT "
                              "or text)")
+    # the ledger's `register --photo` embeds photos with the pipeline's face models, passed in from here
+    parser.set_defaults(face_templates=face_templates)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -275,7 +275,7 @@ def test_cluster_register_search_update_round_trip(env, photos, capsys) -> None:
     assert rc == 0 and res["status"] == "live" and res["risk"] == 85 and res["suspect"] is True
     assert res["templates"] == 2 and res["attributes"] == {"case": "A-17"} and res["version"] == 1
     # the decrypted templates recognise a third photo of the same person, not another person
-    from ledger.manager_cli import face_templates
+    from pipelines.enrolment import face_templates
     from pipelines.models.recognizer import MATCH_THRESHOLD
 
     record = _client(env).search(privacy.Identity(OBAMA["name"], OBAMA["birth"], OBAMA["id"])).record

@@ -72,7 +72,7 @@ class LedgerAnchorer:
         if self._client is None:
             from pathlib import Path
 
-            from ledger.manager_cli import RegistryClient
+            from ledger.registry_client import RegistryClient
 
             self._client = RegistryClient.from_dir(Path(self.ledger_dir), key_name=self.key_name,
                                                    key_file=Path(self.key_file) if self.key_file else None,

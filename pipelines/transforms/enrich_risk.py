@@ -115,7 +115,7 @@ class LedgerSyncFactory:
     def __call__(self) -> Any:
         from pathlib import Path
 
-        from ledger.manager_cli import RegistryClient
+        from ledger.registry_client import RegistryClient
         from ledger.watchlist import from_cluster
 
         rc = RegistryClient.from_dir(Path(self.ledger_dir), key_name=self.key_name,
