@@ -12,8 +12,10 @@ The privacy argument (tested in tests/test_change_gate.py on clips with ground t
   accumulates against the old reference until it crosses the threshold: a face cannot creep in below it;
 * a face that appears (enters, turns, uncovers) changes its pixels against the reference, so its cells are
   in a changed region and the detector runs on it, with a margin so the whole face is in the crop;
-* a box seen earlier is carried over (masked) until a new detection overlaps it or a full refresh runs
-  without it; carrying too long masks background (fail closed), never leaves a face bare.
+* a box seen earlier is carried over (masked) while its area stays still; where its area changed and was
+  searched and nothing was found, it is kept for ``max_misses`` more frames (the tracker's gap-fill length: a
+  detector that misses a face for a frame or two does not unmask it), and replaced as soon as a new detection
+  overlaps it. Carrying too long masks background (fail closed), never leaves a face bare.
 
 Every ``refresh_every`` frames a full-frame detection resets everything, which bounds how long any mistake
 (a face the region detector missed, a stale carried box) can last.
@@ -46,14 +48,15 @@ class GateConfig:
     min_region: int = 64  # smallest crop side given to the detector (frame pixels)
     refresh_every: int = 25  # full-frame detection every N frames (2 s at 12.5 frames/s)
     max_changed_fraction: float = 0.35  # above this share of the frame in regions, detect the full frame
+    max_misses: int = 5  # frames a carried box is kept after a search of its area first found nothing
 
     def __post_init__(self) -> None:
         if self.scale < 1 or self.refresh_every < 1 or self.min_region < 1:
             raise ValueError("scale, refresh_every and min_region must be >= 1")
         if not 0.0 < self.max_changed_fraction <= 1.0:
             raise ValueError("max_changed_fraction must be in (0, 1]")
-        if self.threshold <= 0 or self.margin < 0 or self.margin_fraction < 0:
-            raise ValueError("threshold must be > 0, margins >= 0")
+        if self.threshold <= 0 or self.margin < 0 or self.margin_fraction < 0 or self.max_misses < 0:
+            raise ValueError("threshold must be > 0, margins and max_misses >= 0")
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,11 @@ def merge_regions(boxes: Sequence[Region], width: int, height: int, min_side: in
     return out
 
 
+def _centre_in(det: Detection, region: Region) -> bool:
+    cx, cy = det.x + det.w / 2, det.y + det.h / 2
+    return region[0] <= cx < region[0] + region[2] and region[1] <= cy < region[1] + region[3]
+
+
 def _det_overlaps(a: Detection, b: Detection) -> bool:
     return a.x < b.x + b.w and b.x < a.x + a.w and a.y < b.y + b.h and b.y < a.y + a.h
 
@@ -137,7 +145,7 @@ class ChangeGate:
     _ref: np.ndarray | None = None
     _since_refresh: int = 0
     _last_seq: int | None = None
-    _carried: list[Detection] = field(default_factory=list)
+    _carried: list[tuple[Detection, int]] = field(default_factory=list)  # (box, searches that missed it)
 
     def reset(self) -> None:
         """Forget everything: the next frame is detected in full."""
@@ -163,17 +171,23 @@ class ChangeGate:
         self._last_seq = seq
         if plan.full:
             since = self.phase % self.cfg.refresh_every if plan.reason == "first" else 0
-            self._ref, self._since_refresh, self._carried = small.copy(), since, list(found)
+            self._ref, self._since_refresh, self._carried = small.copy(), since, [(d, 0) for d in found]
             return list(found)
         self._since_refresh += 1
         s = self.cfg.scale
         for x, y, w, h in plan.regions:  # the detector has seen these cells now
             self._ref[y // s:-(-(y + h) // s), x // s:-(-(x + w) // s)] = \
                 small[y // s:-(-(y + h) // s), x // s:-(-(x + w) // s)]
-        # A carried box goes only when a new detection overlaps it (the face moved or was re-found).
-        kept = [d for d in self._carried if not any(_det_overlaps(d, f) for f in found)]
-        self._carried = kept + list(found)
-        return list(self._carried)
+        kept = []
+        for d, misses in self._carried:
+            if any(_det_overlaps(d, f) for f in found):
+                continue  # re-found (or the face moved): the new box replaces it
+            if misses or any(_centre_in(d, r) for r in plan.regions):
+                misses += 1  # its area was searched and nothing found there: from then on it ages every frame
+            if misses <= self.cfg.max_misses:
+                kept.append((d, misses))
+        self._carried = kept + [(f, 0) for f in found]
+        return [d for d, _ in self._carried]
 
 
 def detect_regions(detect: Callable[[np.ndarray], list[Detection]], image_bgr: np.ndarray,

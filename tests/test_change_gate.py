@@ -74,8 +74,8 @@ def test_busy_frame_falls_back_to_full() -> None:
     assert plan.full and plan.reason == "busy"
 
 
-def test_carried_boxes_stay_until_replaced_or_refreshed() -> None:
-    gate = ChangeGate(GateConfig(refresh_every=1000))
+def test_carried_boxes_stay_until_replaced_missed_or_refreshed() -> None:
+    gate = ChangeGate(GateConfig(refresh_every=1000, max_misses=2))
     plan, small = gate.plan(_frame(), seq=0)
     out = gate.update(plan, small, [_det(100, 100), _det(400, 200)], seq=0)
     assert len(out) == 2
@@ -83,10 +83,22 @@ def test_carried_boxes_stay_until_replaced_or_refreshed() -> None:
     moved = _det(104, 101)
     out = gate.update(Plan(False, ((60, 60, 120, 120),), "changed"), small, [moved], seq=1)
     assert {(d.x, d.y) for d in out} == {(104, 101), (400, 200)}
-    # Frame 2: the region was searched and nothing found: the old box is kept (fail closed) until a refresh.
-    out = gate.update(Plan(False, ((60, 60, 120, 120),), "changed"), small, [], seq=2)
-    assert {(d.x, d.y) for d in out} == {(104, 101), (400, 200)}
-    out = gate.update(Plan(True, (), "refresh"), small, [], seq=3)
+    # Frames 2-3: the region was searched and nothing found: the box is kept (fail closed) for max_misses searches.
+    for seq in (2, 3):
+        out = gate.update(Plan(False, ((60, 60, 120, 120),), "changed"), small, [], seq=seq)
+        assert {(d.x, d.y) for d in out} == {(104, 101), (400, 200)}
+    out = gate.update(Plan(False, ((60, 60, 120, 120),), "changed"), small, [], seq=4)
+    assert {(d.x, d.y) for d in out} == {(400, 200)}  # the third empty search drops it; the still one stays
+    out = gate.update(Plan(False, (), "still"), small, [], seq=5)
+    assert {(d.x, d.y) for d in out} == {(400, 200)}  # never missed: a still face stays masked
+    # A box missed once keeps ageing when its area goes still (the face left and the background settled).
+    gate.update(Plan(False, (), "still"), small, [_det(700, 300)], seq=6)
+    gate.update(Plan(False, ((650, 250, 120, 120),), "changed"), small, [], seq=7)
+    out = gate.update(Plan(False, (), "still"), small, [], seq=8)
+    assert (700, 300) in {(d.x, d.y) for d in out}
+    out = gate.update(Plan(False, (), "still"), small, [], seq=9)
+    assert (700, 300) not in {(d.x, d.y) for d in out}
+    out = gate.update(Plan(True, (), "refresh"), small, [], seq=10)
     assert out == []
 
 
