@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Iterator, Optional
 
 import apache_beam as beam
+import cv2
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -87,6 +88,10 @@ class _DetectFn(beam.DoFn):
         self._degraded = Metrics.counter(STAGE, "frames_degraded")
 
     def setup(self) -> None:
+        # The pipeline already runs frames and cameras in parallel (runner thread + detector workers). OpenCV's
+        # own thread pool on top made small blurs and JPEG work wait for busy cores: 23.8 -> 28.7 frames/s
+        # for two 720p cameras with it off (bench/pipeline_bench.py, docs/pipeline.md).
+        cv2.setNumThreads(1)
         if self._factory is not None:
             self._detector = self._factory()
         else:
