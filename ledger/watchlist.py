@@ -54,12 +54,6 @@ class WatchEntry:
                 f"suspect={self.suspect}, v{self.version})")
 
 
-@dataclass(frozen=True)
-class Match:
-    entry: WatchEntry
-    similarity: float
-
-
 class WatchlistStale(Exception):
     """No reachable node serves the watchlist at the certified tip (or only nodes behind a certified height
     already seen answer): the watchlist can no longer be shown current and must be treated as stale."""
@@ -87,8 +81,6 @@ class Watchlist:
         self._versions: dict[bytes, int] = {}
         self._lock = threading.Lock()
         self.height = 0
-        self._matrix: Optional[np.ndarray] = None
-        self._owners: list[WatchEntry] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,7 +108,6 @@ class Watchlist:
                 self._entries.pop(p, None)
                 self._unresolved.pop(p, None)
                 self._versions[p] = version
-                self._matrix = None
             return True
         current = self._entries.get(p)
         if current is not None and current.version >= version:
@@ -133,13 +124,11 @@ class Watchlist:
                     self._entries.pop(p, None)
                 self._unresolved[p] = version
                 self._versions[p] = version
-                self._matrix = None
             return False
         with self._lock:
             self._entries[p] = entry
             self._unresolved.pop(p, None)
             self._versions[p] = version
-            self._matrix = None
         return True
 
     def _open(self, p: bytes, rec: Mapping[str, Any]) -> WatchEntry:
@@ -155,28 +144,6 @@ class Watchlist:
         norms = np.linalg.norm(temps, axis=1, keepdims=True)
         temps = temps / np.where(norms == 0, 1.0, norms)
         return WatchEntry(p, temps, record.risk, record.suspect, int(rec["version"]), int(rec["height"]))
-
-    def match(self, embedding: np.ndarray, threshold: float) -> Optional[Match]:
-        """Best subject whose closest template has cosine >= ``threshold`` (None: unknown face)."""
-        with self._lock:
-            if self._matrix is None:
-                owners, rows = [], []
-                for e in self._entries.values():
-                    for t in e.templates:
-                        owners.append(e)
-                        rows.append(t)
-                self._owners = owners
-                self._matrix = np.array(rows, np.float32).reshape(-1, privacy.TEMPLATE_DIM)
-            matrix, owners = self._matrix, self._owners
-        if not owners:
-            return None
-        v = np.asarray(embedding, np.float32).reshape(-1)
-        n = float(np.linalg.norm(v))
-        if n == 0.0 or not np.isfinite(n):
-            return None
-        sims = matrix @ (v / n)
-        i = int(np.argmax(sims))
-        return Match(owners[i], float(sims[i])) if sims[i] >= threshold else None
 
 
 def verify_tip(doc: Mapping[str, Any], chain_id: str, public_keys: Sequence[bytes]) -> int:

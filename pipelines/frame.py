@@ -1,8 +1,14 @@
 """In-pipeline element types: what flows between the Kafka source, the stages and the sinks.
 
 ``KafkaRecord`` is one consumed record with its coordinates; ``FrameContext`` is one decoded frame plus what
-each stage learned about it (detections, per-face decisions, degraded flag); ``OutboundMessage`` is what a
-Kafka sink writes. All are frozen: a stage returns a new value with ``dataclasses.replace``.
+each stage learned about it; ``OutboundMessage`` is what a Kafka sink writes. All are frozen: a stage returns a
+new value with ``dataclasses.replace``.
+
+Each field of a FrameContext keeps one type along the whole path: DetectFaces sets ``detections`` (the
+detector's :class:`~pipelines.detection.Detection` boxes); EmbedFaces sets ``tracked`` (one
+:class:`~pipelines.tracking.TrackedFace` per detection, plus gap-filled tracks), which EnrichRisk replaces with
+identity and risk filled in; MaskFaces masks ``tracked`` when recognition ran (``tracked`` is not None) and
+the bare ``detections`` otherwise, and records ``faces``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from pipelines.detection import Detection
+from pipelines.tracking import TrackedFace
 from schemas.messages import FaceDecision
 
 DEDUPE_HEADER = "riskmask-dedupe"
@@ -62,9 +70,10 @@ class FrameContext:
     raw_sha256: bytes
     image: np.ndarray
     raw_size: int = 0  # bytes of the encoded input image
-    detections: tuple[Any, ...] = ()  # pipelines.detection.Detection
+    detections: tuple[Detection, ...] = ()  # set by DetectFaces
     detector_id: str = ""
-    faces: tuple[FaceDecision, ...] = ()
+    tracked: Optional[tuple[TrackedFace, ...]] = None  # EmbedFaces, then EnrichRisk; None: no recognition
+    faces: tuple[FaceDecision, ...] = ()  # set by MaskFaces
     policy_id: str = ""
     recognizer_id: str = ""  # set by EmbedFaces when recognition runs
     watchlist_height: int = -1  # ledger height of the watchlist EnrichRisk used; -1 when none

@@ -36,7 +36,7 @@ class FrameContextCoder(coders.Coder):
     def estimate_size(self, value: Any) -> int:
         if not isinstance(value, FrameContext):
             return len(self.encode(value))
-        faces = len(value.detections) + len(value.faces)
+        faces = len(value.detections) + len(value.tracked or ()) + len(value.faces)
         return int(value.image.nbytes) + _FIXED_BYTES + _PER_FACE_BYTES * faces
 
     def to_type_hint(self) -> type:

@@ -62,8 +62,8 @@ def test_real_clip_embeds_once_then_holds(detector: Any, recognizer: Any, clip_f
     for seq, image in enumerate(clip_frames):
         frame = make_frame(image, seq, detector.detect(image))
         out, stats = track_and_embed(frame, tracker, recognizer, cfg, recognizer.model_id)
-        assert len(out.detections) == 1
-        face = out.detections[0]
+        assert len(out.tracked) == 1
+        face = out.tracked[0]
         assert isinstance(face, TrackedFace) and face.source == DETECTED and face.embedding is not None
         tracks.add(face.track_id)
         if face.embedding_fresh:
@@ -87,13 +87,13 @@ def test_missed_detections_become_gap_fills(detector: Any, recognizer: Any, clip
             dets = []  # the detector "missed" the face on these frames
         out, stats = track_and_embed(make_frame(image, seq, dets), tracker, recognizer, cfg)
         if seq in (3, 4):
-            (face,) = out.detections
+            (face,) = out.tracked
             assert face.source == GAP_FILLED and face.embedding is None and face.identity == "unknown"
             assert face.x <= truth.x + 2 and face.y <= truth.y + 2
             assert face.x + face.w >= truth.x + truth.w - 2 and face.y + face.h >= truth.y + truth.h - 2
             assert stats["gap_filled"] == 1
         else:
-            assert out.detections[0].source == DETECTED
+            assert out.tracked[0].source == DETECTED
     assert stats["embedded"] == 0  # seq 5: the track came back, its template is held
 
 
@@ -108,8 +108,8 @@ def test_two_real_faces_get_distinct_tracks_and_templates(detector: Any, recogni
     image, boxes = scenes.compose_frame(sources, placements, sample_data.background("coffee"))
     out, stats = track_and_embed(make_frame(image, 0, detector.detect(image)), FaceTracker(), recognizer,
                                  EmbedConfig())
-    assert stats["embedded"] == 2 and len({f.track_id for f in out.detections}) == 2
-    a, b = (f.embedding for f in out.detections)
+    assert stats["embedded"] == 2 and len({f.track_id for f in out.tracked}) == 2
+    a, b = (f.embedding for f in out.tracked)
     assert float(a @ b) < 0.363  # two different people
 
 
@@ -119,7 +119,7 @@ def test_faces_that_cannot_be_embedded_fail_closed(recognizer: Any, clip_frames:
     tiny = Detection(10.0, 10.0, 12.0, 14.0, 0.8, np.array([[13, 14], [19, 14], [16, 17], [14, 20], [18, 20]],
                                                           np.float32))
     out, stats = track_and_embed(make_frame(image, 0, [degenerate, tiny]), FaceTracker(), recognizer, EmbedConfig())
-    assert [f.embedding for f in out.detections] == [None, None]
+    assert [f.embedding for f in out.tracked] == [None, None]
     assert stats["embed_failed"] == 1 and stats["too_small"] == 1
 
 
@@ -162,7 +162,7 @@ def test_beam_tracks_per_camera(detector: Any, clip_frames: list[np.ndarray], st
             frames.append(make_frame(image, seq, [] if (cam == "cam-b" and seq == 2) else dets, camera=cam))
 
     def summary(f: FrameContext) -> tuple[str, int, str, int, bool]:
-        (face,) = f.detections
+        (face,) = f.tracked
         return (f.camera_id, f.seq, face.source, face.track_id, face.embedding is not None)
 
     def check(rows: list[tuple[str, int, str, int, bool]]) -> None:
@@ -185,7 +185,8 @@ def test_real_video_with_injected_detector_misses_never_shows_the_face(detector:
     (detected or gap-filled), and the masked face is not recognisable (SFace cosine < 0.363)."""
     from pipelines.masking import apply_mask, mask_region
     from pipelines.policy import Policy
-    from pipelines.transforms.enrich_risk import RiskConfig, enrich_frame, policy_decision
+    from pipelines.transforms.enrich_risk import RiskConfig, enrich_frame
+    from pipelines.transforms.mask_faces import decide_face
     from pipelines.watchlist_index import WatchlistIndex
 
     policy = Policy.load("default")
@@ -206,8 +207,8 @@ def test_real_video_with_injected_detector_misses_never_shows_the_face(detector:
         out, _ = enrich_frame(out, index, 1e12, RiskConfig())
         masked = image.copy()
         regions = []
-        for f in out.detections:
-            decision = policy_decision(policy, f)
+        for f in out.tracked:
+            decision = decide_face(policy, f)
             apply_mask(masked, f.box, decision)
             regions.append(mask_region(f.box, decision.mask_scale, image.shape[1], image.shape[0]))
             gap_masked += int(f.source == GAP_FILLED and not dets)
@@ -240,7 +241,7 @@ def test_crowded_faces_never_use_a_held_template() -> None:
     for seq in range(6):
         dets = [Detection(100.0, 100.0, 80.0, 90.0, 0.9, lm + 100), Detection(170.0, 100.0, 80.0, 90.0, 0.9, lm + 170)]
         out, stats = track_and_embed(make_frame(image, seq, dets), tracker, Fixed(), EmbedConfig())
-        for f in out.detections:
+        for f in out.tracked:
             assert f.crowded
             (fresh if f.embedding_fresh else none).append(seq)
             assert f.embedding_fresh == (f.embedding is not None)
@@ -275,7 +276,7 @@ def test_track_only_mode_gap_fills_without_embedding(detector: Any, clip_frames:
     for seq, image in enumerate(clip_frames[:6]):
         dets = [] if seq == 3 else detector.detect(image)
         out, stats = track_and_embed(make_frame(image, seq, dets), tracker, NeverCalled(), cfg)
-        (face,) = out.detections
+        (face,) = out.tracked
         assert face.embedding is None and stats["embedded"] == 0
         sources.append(face.source)
     assert sources == [DETECTED, DETECTED, DETECTED, GAP_FILLED, DETECTED, DETECTED]

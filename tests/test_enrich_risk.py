@@ -19,7 +19,8 @@ from pipelines.matching import AMBIGUOUS, MATCHED, STALE, UNKNOWN
 from pipelines.policy import Policy
 from pipelines.tracking import DETECTED, GAP_FILLED, TrackedFace
 from pipelines.transforms.enrich_risk import (EnrichRisk, LedgerWatchlistSource, RiskConfig, StaticWatchlistSource,
-                                              _Refresher, enrich_frame, policy_decision)
+                                              _Refresher, enrich_frame)
+from pipelines.transforms.mask_faces import decide_face
 from pipelines.watchlist_index import Subject, WatchlistIndex, subject_ref
 
 pytestmark = pytest.mark.timeout(600)
@@ -63,7 +64,7 @@ def face(emb: np.ndarray | None, track: int = 1, source: str = DETECTED, w: floa
 def frame_of(*faces: Any) -> FrameContext:
     img = np.zeros((8, 8, 3), np.uint8)
     return FrameContext("frames.raw", 0, 0, "cam-1", 0, 0, 0, 8, 8, hashlib.sha256(b"x").digest(), img,
-                        detections=tuple(faces))
+                        tracked=tuple(faces))
 
 
 def rotate_to(base: np.ndarray, cos: float, seed: int) -> np.ndarray:
@@ -79,13 +80,13 @@ def test_real_faces_match_only_their_subject(index: WatchlistIndex, templates: d
     cfg = RiskConfig(subject_ref_key=REF_KEY)
     fr = frame_of(face(templates["obama3.jpg"], 1), face(templates["astronaut"], 2), face(None, 3, GAP_FILLED))
     out, stats = enrich_frame(fr, index, 1001.0, cfg)
-    suspect, stranger, gap = out.detections
+    suspect, stranger, gap = out.tracked
     assert suspect.identity == MATCHED and suspect.risk == 95 and suspect.suspect
     assert suspect.match_score > 0.6
     assert suspect.subject_ref == subject_ref(REF_KEY, SUSPECT.pseudonym)
     assert stranger.identity == UNKNOWN and stranger.risk is None and stranger.subject_ref is None
     assert gap.identity == UNKNOWN and gap.risk is None
-    assert all(f.embedding is None for f in out.detections)  # no template travels past this stage
+    assert all(f.embedding is None for f in out.tracked)  # no template travels past this stage
     assert stats == {MATCHED: 1, AMBIGUOUS: 0, UNKNOWN: 2, STALE: 0, "match_failed": 0}
 
 
@@ -93,7 +94,7 @@ def test_low_risk_match_carries_no_reference(index: WatchlistIndex, templates: d
     # A second, different view of subject_b is not available: a lightly perturbed template stands in.
     view = rotate_to(templates["biden.jpg"], 0.8, seed=1)
     out, _ = enrich_frame(frame_of(face(view)), index, 1001.0, RiskConfig(subject_ref_key=REF_KEY))
-    (f,) = out.detections
+    (f,) = out.tracked
     assert f.identity == MATCHED and f.risk == 20 and not f.suspect and f.subject_ref is None
 
 
@@ -105,12 +106,12 @@ def test_near_miss_just_under_threshold_is_unknown_and_strongest(index: Watchlis
     under = rotate_to(enrolled, cfg.match.threshold - 0.02, seed=2)
     over = rotate_to(enrolled, cfg.match.threshold + 0.12, seed=3)
     out, _ = enrich_frame(frame_of(face(under, 1), face(over, 2)), index, 1001.0, cfg)
-    miss, hit = out.detections
+    miss, hit = out.tracked
     assert miss.identity == UNKNOWN and miss.risk is None
     assert hit.identity == MATCHED and hit.risk == 95
-    assert policy_decision(policy, miss) == policy.strongest(miss.w, miss.h)
-    assert policy_decision(policy, hit) == policy.decide(hit.w, hit.h, 95, True)
-    assert policy_decision(policy, hit).disclosed and not policy_decision(policy, miss).disclosed
+    assert decide_face(policy, miss) == policy.strongest(miss.w, miss.h)
+    assert decide_face(policy, hit) == policy.decide(hit.w, hit.h, 95, True)
+    assert decide_face(policy, hit).disclosed and not decide_face(policy, miss).disclosed
 
 
 def test_ambiguous_between_two_subjects_is_strongest(templates: dict[str, np.ndarray]) -> None:
@@ -119,32 +120,32 @@ def test_ambiguous_between_two_subjects_is_strongest(templates: dict[str, np.nda
     twin = Subject(b"\xc3" * 32, risk=95, suspect=True)
     idx = WatchlistIndex.build([(SUSPECT, [templates["obama.jpg"]]), (twin, [templates["obama2.jpg"]])], 7, 1000.0)
     out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), idx, 1001.0, RiskConfig())
-    (f,) = out.detections
+    (f,) = out.tracked
     assert f.identity == AMBIGUOUS and f.risk is None and f.match_score > 0.6
     policy = Policy.load("default")
-    assert policy_decision(policy, f) == policy.strongest(f.w, f.h)
+    assert decide_face(policy, f) == policy.strongest(f.w, f.h)
 
 
 def test_stale_watchlist_masks_everyone(index: WatchlistIndex, templates: dict[str, np.ndarray]) -> None:
     cfg = RiskConfig(max_staleness_s=30.0)
     out, stats = enrich_frame(frame_of(face(templates["obama3.jpg"])), index, 1031.0, cfg)
-    (f,) = out.detections
+    (f,) = out.tracked
     assert f.identity == STALE and f.risk is None and f.embedding is None and stats[STALE] == 1
-    assert out.detections[0].subject_ref is None
+    assert out.tracked[0].subject_ref is None
     fresh, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), index, 1029.0, cfg)
-    assert fresh.detections[0].identity == MATCHED
+    assert fresh.tracked[0].identity == MATCHED
     never, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), WatchlistIndex.empty(), 1.0, cfg)
-    assert never.detections[0].identity == STALE
+    assert never.tracked[0].identity == STALE
 
 
 def test_gap_filled_and_bare_detections_get_the_strongest_mask() -> None:
     policy = Policy.load("default")
     gap = face(None, source=GAP_FILLED).replace(identity=MATCHED, risk=95, suspect=True)  # even if mislabelled
-    assert policy_decision(policy, gap) == policy.strongest(gap.w, gap.h)
+    assert decide_face(policy, gap) == policy.strongest(gap.w, gap.h)
     from pipelines.detection import Detection
 
     bare = Detection(0.0, 0.0, 50.0, 60.0, 0.9, np.zeros((5, 2), np.float32))
-    assert policy_decision(policy, bare) == policy.strongest(50.0, 60.0)
+    assert decide_face(policy, bare) == policy.strongest(50.0, 60.0)
 
 
 def test_match_cache_is_content_addressed(index: WatchlistIndex, templates: dict[str, np.ndarray]) -> None:
@@ -154,7 +155,7 @@ def test_match_cache_is_content_addressed(index: WatchlistIndex, templates: dict
     assert len(cache) == 1
     out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"]), face(templates["astronaut"], 2)), index,
                           1001.0, cfg, cache)
-    assert len(cache) == 2 and [f.identity for f in out.detections] == [MATCHED, UNKNOWN]
+    assert len(cache) == 2 and [f.identity for f in out.tracked] == [MATCHED, UNKNOWN]
 
 
 def test_refresher_keeps_last_index_when_sync_fails(index: WatchlistIndex) -> None:
@@ -218,14 +219,14 @@ def test_ledger_source_indexes_the_decrypted_watchlist(templates: dict[str, np.n
     idx = src.sync(WatchlistIndex.empty(), 100.0)
     assert idx.height == 10 and len(idx) == 1 and idx.subjects[0].risk == 95
     out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), idx, 101.0, RiskConfig())
-    assert out.detections[0].identity == MATCHED and out.detections[0].risk == 95
+    assert out.tracked[0].identity == MATCHED and out.tracked[0].risk == 95
     same = src.sync(idx, 105.0)
     assert same.height == 10 and same.synced_at == 105.0 and same.templates is idx.templates
     sync.pending = [({"pseudonym": SUSPECT.pseudonym.hex(), "status": "erased", "version": 2, "height": 12}, 12)]
     erased = src.sync(same, 110.0)
     assert erased.height == 12 and len(erased) == 0
     out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), erased, 111.0, RiskConfig())
-    assert out.detections[0].identity == UNKNOWN
+    assert out.tracked[0].identity == UNKNOWN
 
 
 def test_config_validation() -> None:
@@ -246,7 +247,7 @@ def test_beam_stage_matches_and_reports_height(index: WatchlistIndex, templates:
               for i in range(3)]
 
     def summary(f: FrameContext) -> tuple:
-        return (f.seq, tuple((x.identity, x.risk, x.embedding is None) for x in f.detections),
+        return (f.seq, tuple((x.identity, x.risk, x.embedding is None) for x in f.tracked),
                 getattr(f, "watchlist_height", 42))
 
     cfg = RiskConfig(background_sync=background, sync_interval_s=1.0)
@@ -282,15 +283,15 @@ def test_suspect_stays_identifiable_low_risk_and_bystander_do_not(index: Watchli
     # subject_b needs a second view to be enrolled from: enrol the scene's own embedding of them
     # (the "registration photo"), the suspect is enrolled from two other photos.
     fr, _ = track_and_embed(fr, FaceTracker(), rec, EmbedConfig())
-    b_view = fr.detections[1].embedding
+    b_view = fr.tracked[1].embedding
     idx = index.with_updates([(LOW_RISK, [b_view])], [], index.height + 1, 1000.0)
     out, _ = enrich_frame(fr, idx, 1001.0, RiskConfig())
-    identities = [(f.identity, f.risk) for f in out.detections]
+    identities = [(f.identity, f.risk) for f in out.tracked]
     assert identities == [(MATCHED, 95), (MATCHED, 20), (UNKNOWN, None)]
     policy = Policy.load("default")
     masked = image.copy()
-    for f in out.detections:
-        apply_mask(masked, f.box, policy_decision(policy, f))
+    for f in out.tracked:
+        apply_mask(masked, f.box, decide_face(policy, f))
     before = rec.embed(image, dets)
     after = rec.embed(masked, dets)
     cos = [float(a @ b) for a, b in zip(before, after)]
@@ -334,12 +335,12 @@ def test_watchlist_from_a_real_ledger_register_then_erase(ledger_env: Any, templ
         assert len(idx) == 1 and idx.height > 0 and idx.subjects[0].risk == 95
         out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"]), face(templates["astronaut"], 2)), idx,
                               time.time(), RiskConfig())
-        assert [(f.identity, f.risk) for f in out.detections] == [(MATCHED, 95), (UNKNOWN, None)]
+        assert [(f.identity, f.risk) for f in out.tracked] == [(MATCHED, 95), (UNKNOWN, None)]
         manager.erase(ident)
         idx2 = src.sync(idx, time.time())
         assert len(idx2) == 0 and idx2.height > idx.height
         out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), idx2, time.time(), RiskConfig())
-        assert out.detections[0].identity == UNKNOWN
+        assert out.tracked[0].identity == UNKNOWN
     finally:
         manager.close()
 
@@ -380,14 +381,14 @@ def test_source_factory_without_ledger_is_an_empty_current_watchlist(templates: 
     idx = factory().sync(WatchlistIndex.empty(), 500.0)
     assert len(idx) == 0 and not idx.is_stale(510.0, 30.0)
     out, _ = enrich_frame(frame_of(face(templates["obama3.jpg"])), idx, 510.0, RiskConfig())
-    assert out.detections[0].identity == UNKNOWN
+    assert out.tracked[0].identity == UNKNOWN
     assert isinstance(WatchlistSourceFactory("/nonexistent")(), LedgerWatchlistSource)
 
 
 def test_a_matching_failure_leaves_faces_unknown(index: WatchlistIndex) -> None:
     bad = face(np.full(128, np.nan, np.float32))  # a broken template from a faulty model run
     out, stats = enrich_frame(frame_of(bad), index, 1001.0, RiskConfig())
-    assert out.detections[0].identity == UNKNOWN and out.detections[0].embedding is None
+    assert out.tracked[0].identity == UNKNOWN and out.tracked[0].embedding is None
     assert stats["match_failed"] == 1
 
 
@@ -409,3 +410,14 @@ def test_recognition_from_options(tmp_path: Any) -> None:
     assert (cfg.match.threshold, cfg.match.margin, cfg.subject_ref_key) == (0.6, 0.1, b"k" * 32)
     with pytest.raises(ValueError):
         recognition_from_options(SimpleNamespace(watchlist_max_staleness_s=1.0, watchlist_sync_interval_s=5.0))
+
+
+def test_a_frame_without_tracked_faces_passes_unchanged(index: WatchlistIndex) -> None:
+    """Recognition did not run (or the frame is degraded): ``tracked`` stays None, the detections are counted
+    as unknown faces and MaskFaces masks them at the strongest level."""
+    from pipelines.detection import Detection
+
+    bare = Detection(0.0, 0.0, 50.0, 60.0, 0.9, np.zeros((5, 2), np.float32))
+    fr = frame_of().replace(detections=(bare,), tracked=None)
+    out, stats = enrich_frame(fr, index, 1001.0, RiskConfig())
+    assert out is fr and out.tracked is None and stats[UNKNOWN] == 1 and stats[MATCHED] == 0

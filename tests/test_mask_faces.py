@@ -43,6 +43,8 @@ class _ExplodingPolicy:
     def decide(self, *args):
         raise RuntimeError("bad policy file")
 
+    strongest = decide
+
 
 def test_unknown_faces_get_strongest_mask_and_are_deidentified(scene, detections, policy):
     from pipelines.models.recognizer import MATCH_THRESHOLD, load_recognizer
@@ -98,13 +100,12 @@ def test_stage_in_pipeline(scene):
                                                          (1, True, ("whole_frame",), True)]))
 
 
-class _Face:
-    """A risk-enriched face as the recognition stages hand it over (duck-typed like TrackedFace)."""
+def _Face(identity, risk, suspect=False, source="detected", subject_ref="ref-1"):
+    """A risk-enriched face as the recognition stages hand it over."""
+    from pipelines.tracking import TrackedFace
 
-    def __init__(self, identity, risk, suspect=False, source="detected", subject_ref="ref-1"):
-        self.x, self.y, self.w, self.h, self.score = 150.0, 50.0, 120.0, 140.0, 0.9
-        self.track_id, self.identity, self.risk, self.suspect = 3, identity, risk, suspect
-        self.source, self.subject_ref = source, subject_ref
+    return TrackedFace(x=150.0, y=50.0, w=120.0, h=140.0, score=0.9, track_id=3, identity=identity, risk=risk,
+                       suspect=suspect, source=source, subject_ref=subject_ref)
 
 
 def test_only_matched_detected_faces_use_their_risk(policy):
@@ -113,10 +114,27 @@ def test_only_matched_detected_faces_use_their_risk(policy):
     strongest = policy.strongest(120.0, 140.0)
     for face in (_Face("unknown", None), _Face("ambiguous", None), _Face("stale", 95),
                  _Face("matched", 95, source="gap_filled"), _Face("matched", None)):
-        assert decide_face(policy, face) == strongest, vars(face)
+        assert decide_face(policy, face) == strongest, face
     high = decide_face(policy, _Face("matched", 95, suspect=True))
     assert high == policy.decide(120.0, 140.0, 95, True)
     rec = face_decision(_Face("matched", 95, suspect=True), high)
     assert (rec.track_id, rec.identity, rec.suspect) == (3, "matched", True)
     assert rec.subject_ref == ("ref-1" if high.disclosed else None)
     assert face_decision(_Face("unknown", None), strongest).subject_ref is None  # never for a masked face
+    bare = Detection(150.0, 50.0, 120.0, 140.0, 0.9, np.zeros((5, 2), np.float32))
+    assert decide_face(policy, bare) == strongest  # a bare detection is an unknown face
+    rec = face_decision(bare, strongest)
+    assert (rec.track_id, rec.identity, rec.source, rec.suspect) == (None, "unknown", "detected", False)
+
+
+def test_tracked_faces_are_masked_and_the_detector_boxes_keep_their_type(scene, policy):
+    """EmbedFaces/EnrichRisk fill ``tracked``; ``detections`` keep the detector's Detection boxes, and
+    MaskFaces masks the tracked faces (one decision per tracked face) when recognition ran."""
+    det = Detection(150.0, 50.0, 120.0, 140.0, 0.9, np.zeros((5, 2), np.float32))
+    matched = _Face("matched", 95, suspect=True)
+    gap = _Face("unknown", None, source="gap_filled")
+    out = mask_frame(policy, frame_context(scene).replace(detections=(det,), tracked=(matched, gap)))
+    assert isinstance(out.detections[0], Detection)
+    assert [(f.identity, f.source, f.track_id) for f in out.faces] == [("matched", "detected", 3),
+                                                                        ("unknown", "gap_filled", 3)]
+    assert out.faces[0].risk_group == policy.decide(120.0, 140.0, 95, True).risk_group

@@ -84,7 +84,7 @@ def test_node_omitting_a_record_at_the_certified_height_is_believed() -> None:
             idx = source.sync(idx, 1001.0 + t)
         served = [n.requests.count("/v1/registry/watchlist") for n in nodes]
         fr, _ = enrich_frame(_frame(template), idx, 1005.0, RiskConfig())
-        face = fr.detections[0]
+        face = fr.tracked[0]
         print(f"watchlist reads per node {served}; stale nodes {sync.stale_nodes}; the face: {face.identity}, "
               f"risk {face.risk}")
         assert all(served[i] >= 1 for i in (1, 2, 3)) and not sync.stale_nodes

@@ -10,8 +10,10 @@ import pytest
 
 from ledger import keys as keyring
 from ledger import privacy
-from ledger.manager_cli import RegistryClient
+from ledger.registry_client import RegistryClient
 from ledger.watchlist import Watchlist, WatchlistSync
+from pipelines.matching import MatchConfig
+from pipelines.watchlist_index import Subject, index_from_watchlist
 from tests.ledger_util import make_cluster
 
 CHAIN = "watch-unit"
@@ -26,19 +28,27 @@ def _rec(p: bytes, version: int, kek: bytes, kid: bytes, risk: int, templates, s
             "wrapped_key": base64.b64encode(sealed.wrapped_key).decode() if with_key else None}
 
 
+def _match(wl: Watchlist, embedding, threshold: float) -> "tuple[Subject, float] | None":
+    """The pipeline's matcher (pipelines.matching, margin 0) over the decrypted watchlist: the matched subject
+    and its cosine, or None for an unknown face."""
+    index = index_from_watchlist(wl, 0.0)
+    r = index.match(np.asarray(embedding, np.float32).reshape(1, -1), MatchConfig(threshold, 0.0))[0]
+    return (index.subjects[r.subject], r.best) if r.matched else None
+
+
 def test_watchlist_apply_match_and_erase() -> None:
     kek, kid = os.urandom(32), b"kid-0001"
     rng = np.random.default_rng(1)
     ta, tb = rng.standard_normal(128).astype(np.float32), rng.standard_normal(128).astype(np.float32)
     pa, pb = os.urandom(32), os.urandom(32)
     wl = Watchlist({kid: kek}, CHAIN)
-    assert wl.match(ta, 0.3) is None  # empty: unknown face
+    assert _match(wl, ta, 0.3) is None  # empty: unknown face
     assert wl.apply_record(_rec(pa, 1, kek, kid, 90, [ta]))
     assert wl.apply_record(_rec(pb, 1, kek, kid, 20, [tb]))
-    m = wl.match(ta + 0.05 * rng.standard_normal(128).astype(np.float32), 0.363)
-    assert m is not None and m.entry.pseudonym == pa and m.entry.risk == 90 and m.entry.suspect and m.similarity > 0.9
-    assert wl.match(rng.standard_normal(128), 0.9) is None
-    assert wl.match(np.zeros(128), 0.1) is None
+    m = _match(wl, ta + 0.05 * rng.standard_normal(128).astype(np.float32), 0.363)
+    assert m is not None and m[0].pseudonym == pa and m[0].risk == 90 and m[0].suspect and m[1] > 0.9
+    assert _match(wl, rng.standard_normal(128), 0.9) is None
+    assert _match(wl, np.zeros(128), 0.1) is None
     # an update replaces the entry; an older version never overwrites a newer one
     assert wl.apply_record(_rec(pa, 2, kek, kid, 40, [ta]))
     assert wl.get(pa).risk == 40
@@ -47,7 +57,7 @@ def test_watchlist_apply_match_and_erase() -> None:
     # erasure removes it
     wl.apply_record({"pseudonym": pa.hex(), "status": "erased", "version": 3, "height": 5})
     assert wl.get(pa) is None and len(wl) == 1
-    assert wl.match(ta, 0.5) is None
+    assert _match(wl, ta, 0.5) is None
     assert "risk" in repr(wl.get(pb)) and tb.tobytes() not in repr(wl.get(pb)).encode()
 
 
@@ -76,7 +86,7 @@ def test_older_records_never_undo_an_erasure_or_a_newer_version() -> None:
     assert wl.apply_record(_rec(p, 1, kek, kid, 95, [t]))
     wl.apply_record({"pseudonym": p.hex(), "status": "erased", "version": 2, "height": 4})
     assert not wl.apply_record(_rec(p, 1, kek, kid, 95, [t])) or wl.get(p) is None
-    assert wl.get(p) is None and wl.match(t, 0.5) is None  # the erased subject stays erased
+    assert wl.get(p) is None and _match(wl, t, 0.5) is None  # the erased subject stays erased
     # version 2 of q is wanted but its key is missing: an older version 1 must not be applied instead
     assert not wl.apply_record(_rec(q, 2, kek, kid, 20, [t], with_key=False))
     assert not wl.apply_record(_rec(q, 1, kek, kid, 95, [t])) and wl.get(q) is None and q in wl.unresolved
@@ -106,8 +116,8 @@ def test_watchlist_incremental_sync_against_cluster(tmp_path) -> None:
         # current at a certified height: at least the highest certified tip seen, no node caught lagging
         assert sync.confirmed_height >= 1 and h1 >= sync.confirmed_height == sync.seen_height
         assert sync.stale_nodes == {}
-        m = sync.watchlist.match(temps[1], 0.363)
-        assert m is not None and m.entry.risk == 31
+        m = _match(sync.watchlist, temps[1], 0.363)
+        assert m is not None and m[0].risk == 31
         # nothing changed: an incremental sync applies nothing
         assert sync.sync() == 0
         mgr.update(idents[0], risk=95, suspect=True)
@@ -116,9 +126,9 @@ def test_watchlist_incremental_sync_against_cluster(tmp_path) -> None:
         assert sync.sync() == 3  # exactly the three changed subjects
         wl = sync.watchlist
         assert wl.height > h1 and len(wl) == 2
-        assert wl.match(temps[0], 0.363).entry.risk == 95 and wl.match(temps[0], 0.363).entry.suspect
-        assert wl.match(temps[1], 0.363) is None  # erased
-        assert wl.match(temps[2], 0.363).entry.risk == 5
+        assert _match(wl, temps[0], 0.363)[0].risk == 95 and _match(wl, temps[0], 0.363)[0].suspect
+        assert _match(wl, temps[1], 0.363) is None  # erased
+        assert _match(wl, temps[2], 0.363)[0].risk == 5
         # the pipeline key may read the watchlist but not submit registry transactions
         pipe = RegistryClient.from_dir(tmp_path / "ledger", "pipeline", tmp_path / "keys")
         from ledger.manager_cli import RegistryError

@@ -32,7 +32,8 @@ from pipelines.matching import MATCHED, STALE
 from pipelines.policy import Policy
 from pipelines.tracking import DETECTED, TrackedFace
 from pipelines.transforms.enrich_risk import (EnrichRisk, LedgerSyncFactory, LedgerWatchlistSource, RiskConfig,
-                                              enrich_frame, policy_decision)
+                                              enrich_frame)
+from pipelines.transforms.mask_faces import decide_face
 from pipelines.watchlist_index import WatchlistIndex
 from tests.ledger_util import make_cluster, wait_for
 
@@ -114,7 +115,7 @@ def _face(emb: np.ndarray) -> TrackedFace:
 def _frame(emb: np.ndarray, seq: int = 0) -> FrameContext:
     img = np.zeros((8, 8, 3), np.uint8)
     return FrameContext("frames.raw", 0, 0, "cam-1", 0, seq, 0, 8, 8, hashlib.sha256(b"x").digest(), img,
-                        detections=(_face(emb),))
+                        tracked=(_face(emb),))
 
 
 def _tip_of(cluster: Any, height: int) -> dict:
@@ -126,7 +127,7 @@ def _tip_of(cluster: Any, height: int) -> dict:
 
 
 def _summary(f: FrameContext) -> tuple:
-    d = f.detections[0]
+    d = f.tracked[0]
     return d.identity, d.risk
 
 
@@ -189,10 +190,10 @@ def test_lying_node_with_an_old_watchlist_is_not_trusted(tmp_path: Any) -> None:
             now = time.time()
             idx = src.sync(idx, now)
             fr, _ = enrich_frame(_frame(camera_view), idx, now, RiskConfig())
-            face = fr.detections[0]
+            face = fr.tracked[0]
             assert face.identity == STALE and face.risk is None, (face.identity, face.risk)
-            assert policy_decision(policy, face) == policy.strongest(face.w, face.h)
-            assert policy_decision(policy, face) != policy.decide(face.w, face.h, 95, True)
+            assert decide_face(policy, face) == policy.strongest(face.w, face.h)
+            assert decide_face(policy, face) != policy.decide(face.w, face.h, 95, True)
 
             # 4. The honest nodes answer again: current again, with the downgrade.
             for i in list(stopped):
@@ -322,7 +323,7 @@ def test_lagging_node_is_passed_over_and_all_lagging_is_stale() -> None:
         stale = source.sync(idx, 1002.0)
         assert stale.is_stale(1002.0, 30.0) and stale.height == 10  # stale now, not in 30 s
         fr, _ = enrich_frame(_frame(template), stale, 1002.0, RiskConfig())
-        assert fr.detections[0].identity == STALE
+        assert fr.tracked[0].identity == STALE
         # a node that catches up within catch_up_s is waited for, not declared stale
         nodes[2].watchlist = {"height": 14, "records": old + new}
         fresh = source.sync(stale, 1003.0)

@@ -18,7 +18,8 @@ the others carry their track's held template, except in a crowd, where only a te
 counts (close faces can swap tracks). Tracks the detector missed for up to K frames come out as
 ``gap_filled`` faces with enlarged boxes, so they are still masked.
 
-The element's ``detections`` are replaced by :class:`~pipelines.tracking.TrackedFace` values. Fail closed:
+The element gets ``tracked``, its :class:`~pipelines.tracking.TrackedFace` values (``detections`` stay the
+detector's boxes). Fail closed:
 a face that cannot be embedded (too small, degenerate landmarks, runtime error) carries no embedding and is
 treated as unknown (strongest mask) downstream; a frame the tracker cannot process is flagged degraded.
 """
@@ -168,7 +169,7 @@ def track_and_embed(frame: Any, tracker: FaceTracker, recognizer: Any, config: E
         faces.append(TrackedFace(x=float(x), y=float(y), w=float(w), h=float(h), score=0.0, track_id=g.track_id,
                                  source=GAP_FILLED, mask_scale=g.scale, conservative=g.conservative))
         stats["gap_filled"] += 1
-    out = frame.replace(detections=tuple(faces))
+    out = frame.replace(tracked=tuple(faces))
     return set_if_field(out, recognizer_id=recognizer_id), stats
 
 

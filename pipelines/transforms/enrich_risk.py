@@ -11,7 +11,7 @@ client raises ``WatchlistStale`` and the index is marked stale at once.
 Fail closed: a face is ``matched`` (and gets its subject's risk) only when the best subject clears the
 threshold and beats the runner-up by the margin; otherwise it is ``unknown`` or ``ambiguous``. When the
 watchlist is older than ``max_staleness_s`` every face is ``stale``. Anything but ``matched`` has risk None,
-and :func:`policy_decision` gives it the policy's strongest mask. The embedding is removed from every face
+and MaskFaces (:func:`pipelines.transforms.mask_faces.decide_face`) gives it the policy's strongest mask. The embedding is removed from every face
 here, so no template travels further; a keyed ``subject_ref`` is attached only to matched subjects whose
 risk is above ``ref_min_risk`` (candidates for disclosure) and only when a reference key is configured.
 """
@@ -29,8 +29,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from pipelines.frame import FrameContext
 from pipelines.matching import AMBIGUOUS, MATCHED, STALE, UNKNOWN, MatchConfig, MatchResult
-from pipelines.tracking import DETECTED, TrackedFace
+from pipelines.tracking import TrackedFace
 from pipelines.transforms.embed_faces import set_if_field
 from pipelines.watchlist_index import WatchlistIndex, subject_ref
 
@@ -142,22 +143,18 @@ class WatchlistSourceFactory:
         return LedgerWatchlistSource(LedgerSyncFactory(self.ledger_dir, self.key_name, self.keys_dir))
 
 
-def policy_decision(policy: Any, face: Any) -> Any:
-    """The mask for one face: the subject's risk drives ``policy.decide`` only for a matched, detected face;
-    everything else (unknown, ambiguous, stale, gap-filled, a bare detection) gets ``policy.strongest``."""
-    if (not isinstance(face, TrackedFace) or face.source != DETECTED or face.identity != MATCHED
-            or face.risk is None):
-        return policy.strongest(face.w, face.h)
-    return policy.decide(face.w, face.h, face.risk, face.suspect)
-
-
-def enrich_frame(frame: Any, index: WatchlistIndex, now: float, config: RiskConfig,
-                 cache: Optional["OrderedDict[bytes, MatchResult]"] = None) -> tuple[Any, dict[str, int]]:
-    """Attach identity/risk to every tracked face of ``frame`` and drop the embeddings."""
+def enrich_frame(frame: FrameContext, index: WatchlistIndex, now: float, config: RiskConfig,
+                 cache: Optional["OrderedDict[bytes, MatchResult]"] = None) -> tuple[FrameContext, dict[str, int]]:
+    """Attach identity/risk to every tracked face of ``frame`` and drop the embeddings. A frame without
+    tracked faces (recognition did not run, or the frame is degraded) is left as it is: its detections are
+    unknown faces, masked at the strongest level."""
     stats = {MATCHED: 0, AMBIGUOUS: 0, UNKNOWN: 0, STALE: 0, "match_failed": 0}
-    faces = list(frame.detections)
+    if frame.tracked is None:
+        stats[UNKNOWN] = len(frame.detections)
+        return frame, stats
+    faces = list(frame.tracked)
     stale = index.is_stale(now, config.max_staleness_s)
-    need = [i for i, f in enumerate(faces) if isinstance(f, TrackedFace) and f.embedding is not None]
+    need = [i for i, f in enumerate(faces) if f.embedding is not None]
     results: dict[int, MatchResult] = {}
     if need and not stale:
         misses = []
@@ -181,12 +178,8 @@ def enrich_frame(frame: Any, index: WatchlistIndex, now: float, config: RiskConf
                     cache[faces[i].embedding.tobytes()] = r
                     if len(cache) > CACHE_SIZE:
                         cache.popitem(last=False)
-    out: list[Any] = []
+    out: list[TrackedFace] = []
     for i, f in enumerate(faces):
-        if not isinstance(f, TrackedFace):
-            out.append(f)  # a bare detection: no identity, strongest mask downstream
-            stats[UNKNOWN] += 1
-            continue
         if f.embedding is not None and stale:
             out.append(f.replace(embedding=None, identity=STALE, risk=None, suspect=False, subject_ref=None))
             stats[STALE] += 1
@@ -205,7 +198,7 @@ def enrich_frame(frame: Any, index: WatchlistIndex, now: float, config: RiskConf
         out.append(f.replace(embedding=None, identity=MATCHED, risk=subject.risk, suspect=subject.suspect,
                              subject_ref=ref, match_score=r.best))
         stats[MATCHED] += 1
-    enriched = frame.replace(detections=tuple(out))
+    enriched = frame.replace(tracked=tuple(out))
     return set_if_field(enriched, watchlist_height=index.height), stats
 
 

@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import apache_beam as beam
+import cv2
+import numpy as np
 from apache_beam.metrics import Metrics
 
+from pipelines.config_file import rule_for
+from pipelines.detection import Detection
 from pipelines.frame import FrameContext
+from pipelines.masking import WHOLE_FRAME_BLOCKS, apply_mask, mask_whole_frame
+from pipelines.matching import MATCHED, UNKNOWN
+from pipelines.policy import MaskDecision, Policy
+from pipelines.tracking import DETECTED, TrackedFace
 from schemas.messages import FaceDecision
 
 logger = logging.getLogger(__name__)
@@ -30,45 +38,46 @@ STAGE = "mask_faces"
 
 
 def _whole_frame_decision(frame: FrameContext) -> FaceDecision:
-    from pipelines import masking
-
     return FaceDecision(x=0, y=0, w=frame.width, h=frame.height, score=0.0, risk_group=1, mode="pixelate",
-                        strength=float(getattr(masking, "WHOLE_FRAME_BLOCKS", 0.0)), source="whole_frame",
+                        strength=float(WHOLE_FRAME_BLOCKS), source="whole_frame",
                         identity="unknown")
 
 
-def decide_face(policy: Any, face: Any) -> Any:
-    """The MaskDecision for one face (a Detection or a tracked, risk-enriched face)."""
-    risk = getattr(face, "risk", None)
-    if (getattr(face, "identity", "unknown") != "matched" or getattr(face, "source", "detected") != "detected"
-            or risk is None):
-        return policy.decide(face.w, face.h, None, None)  # unknown subject -> strongest mask
-    return policy.decide(face.w, face.h, int(risk), bool(getattr(face, "suspect", False)))
+Face = Union[Detection, TrackedFace]
 
 
-def face_decision(face: Any, decision: Any) -> FaceDecision:
+def decide_face(policy: Policy, face: Face) -> MaskDecision:
+    """The mask for one face, the one masking decision of the pipeline: the subject's risk drives
+    ``policy.decide`` only for a face recognition matched on a detected box; everything else (a bare detection,
+    an unknown, ambiguous or stale identity, a gap-filled track) gets the policy's strongest mask."""
+    if (not isinstance(face, TrackedFace) or face.identity != MATCHED or face.source != DETECTED
+            or face.risk is None):
+        return policy.strongest(face.w, face.h)
+    return policy.decide(face.w, face.h, int(face.risk), bool(face.suspect))
+
+
+def face_decision(face: Face, decision: MaskDecision) -> FaceDecision:
     """The audit record of what was done to one face (no template; a subject reference only if disclosed)."""
-    track = getattr(face, "track_id", None)
+    tracked = face if isinstance(face, TrackedFace) else None
     return FaceDecision(
         x=int(round(face.x)), y=int(round(face.y)), w=int(round(face.w)), h=int(round(face.h)),
-        score=float(face.score), track_id=int(track) if track is not None else None,
-        source=str(getattr(face, "source", "detected")), identity=str(getattr(face, "identity", "unknown")),
-        risk_group=int(decision.risk_group), suspect=bool(getattr(face, "suspect", False)),
+        score=float(face.score), track_id=int(tracked.track_id) if tracked is not None else None,
+        source=tracked.source if tracked is not None else DETECTED,
+        identity=tracked.identity if tracked is not None else UNKNOWN,
+        risk_group=int(decision.risk_group), suspect=bool(tracked is not None and tracked.suspect),
         mode=str(decision.mode), shape=str(decision.shape), strength=float(decision.strength),
         mask_scale=float(decision.mask_scale),
-        subject_ref=getattr(face, "subject_ref", None) if decision.disclosed else None)
+        subject_ref=tracked.subject_ref if tracked is not None and decision.disclosed else None)
 
 
 def mask_frame(policy: Any, frame: FrameContext) -> FrameContext:
     """The frame with every face masked (strongest mask for unknown faces) and its FaceDecision records."""
-    from pipelines.masking import apply_mask, mask_whole_frame
-
     image = frame.image.copy()
     faces: list[FaceDecision] = []
     degraded, reason = frame.degraded, frame.degraded_reason
     if not degraded:
         try:
-            for face in frame.detections:
+            for face in (frame.tracked if frame.tracked is not None else frame.detections):
                 decision = decide_face(policy, face)
                 apply_mask(image, (face.x, face.y, face.w, face.h), decision)
                 faces.append(face_decision(face, decision))
@@ -85,22 +94,22 @@ def mask_frame(policy: Any, frame: FrameContext) -> FrameContext:
 
 
 def without_ignored(frame: FrameContext, zones: Sequence[Any]) -> FrameContext:
-    """The frame without the detections centred in an ``ignore`` zone (never searched)."""
+    """The frame without the faces (detections and tracked faces) centred in an ``ignore`` zone (never
+    searched)."""
     ignore = [z for z in zones if z.action == "ignore"]
     if not ignore or frame.degraded:
         return frame
-    kept = tuple(d for d in frame.detections
-                 if not any(z.contains(d.x + d.w / 2, d.y + d.h / 2, frame.width, frame.height) for z in ignore))
-    return frame.replace(detections=kept) if len(kept) != len(frame.detections) else frame
+
+    def kept(faces: Sequence[Face]) -> tuple[Face, ...]:
+        return tuple(d for d in faces if not any(z.contains(d.x + d.w / 2, d.y + d.h / 2, frame.width, frame.height)
+                                                 for z in ignore))
+
+    return frame.replace(detections=kept(frame.detections),
+                         tracked=kept(frame.tracked) if frame.tracked is not None else None)
 
 
 def mask_zones(image, zones: Sequence[Any]) -> None:
     """Mask every ``mask`` zone of ``image`` in place at the whole-frame strength."""
-    import cv2
-    import numpy as np
-
-    from pipelines.masking import mask_whole_frame
-
     h, w = image.shape[:2]
     for zone in zones:
         if zone.action != "mask":
@@ -127,14 +136,10 @@ class _MaskFn(beam.DoFn):
         self._latency = Metrics.distribution(STAGE, "frame_us")
 
     def setup(self) -> None:
-        from pipelines.policy import Policy
-
         self._policy = Policy.load(self._policy_name)
         self._policies = {r.policy: Policy.load(r.policy) for r in self._rules if r.policy}
 
     def _rule(self, camera_id: str) -> Optional[Any]:
-        from pipelines.config_file import rule_for
-
         return rule_for(self._rules, camera_id) if self._rules else None
 
     def process(self, frame: FrameContext) -> Iterator[FrameContext]:
