@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 
 import apache_beam as beam
 import cv2
@@ -118,7 +117,7 @@ def test_lookahead_keeps_order_timestamps_windows_and_drains_the_bundle(astronau
                 out.append(item)
             assert len(out) == max(0, i + 1 - lookahead)  # at most `lookahead` frames in flight
         out.extend(fn.finish_bundle() or [])
-        assert fn._pending == deque()
+        assert fn._ahead.in_flight == 0
     finally:
         fn.teardown()
     values = [o.value if isinstance(o, WindowedValue) else o for o in out]

@@ -12,12 +12,12 @@ full.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import zlib
-from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Iterator, Optional
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
 import cv2
@@ -26,6 +26,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.change_gate import ChangeGate, GateConfig, gated_detect
 from pipelines.frame import FrameContext
+from pipelines.transforms.lookahead import Lookahead
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +58,16 @@ class _DetectFn(beam.DoFn):
     """Detects on worker threads, ``lookahead`` frames ahead of what it emits (0: on the calling thread).
 
     The runner drives one fused chain per bundle on one thread (read, decode, detect, track, mask, encode,
-    write). With a look-ahead the detector (onnxruntime, which releases the GIL) works on frame k while the
-    chain finishes frame k-1 and decodes frame k+1, so the second core is used. Frames leave in arrival order
-    with their own timestamp and window, and ``finish_bundle`` drains every frame still in flight, so a
-    bundle's outputs are all written before its offsets are committed, exactly as without the look-ahead.
+    write). With a look-ahead (:class:`~pipelines.transforms.lookahead.Lookahead`) the detector (onnxruntime,
+    which releases the GIL) works on frame k while the chain finishes frame k-1 and decodes frame k+1, so the
+    second core is used. Frames leave in arrival order with their own timestamp and window, and
+    ``finish_bundle`` drains every frame still in flight, so a bundle's outputs are all written before its
+    offsets are committed, exactly as without the look-ahead.
 
     With ``workers`` > 1 each camera is bound to one worker thread (the least loaded when the camera is first
-    seen), so several cameras
-    are detected at once while each camera's frames still reach its change gate one at a time, in order. The
-    workers share one detector: onnxruntime sessions accept concurrent runs. ``lookahead`` must be at least
-    ``workers`` for them all to be busy.
+    seen), so several cameras are detected at once while each camera's frames still reach its change gate one
+    at a time, in order. The workers share one detector: onnxruntime sessions accept concurrent runs.
+    ``lookahead`` must be at least ``workers`` for them all to be busy.
     """
 
     def __init__(self, name: str, threads: int, score_threshold: Optional[float],
@@ -76,14 +77,12 @@ class _DetectFn(beam.DoFn):
         self._workers = max(1, int(workers))
         self._gate_cfg = gate
         self._gates: "OrderedDict[tuple[str, int], ChangeGate]" = OrderedDict()
-        self._worker_of: "OrderedDict[str, int]" = OrderedDict()  # camera id -> worker index
         self._threads = threads
         self._threshold = score_threshold
         self._factory = factory
         self._lookahead = max(0, int(lookahead))
         self._detector: Any = None
-        self._pools: list[ThreadPoolExecutor] = []
-        self._pending: Deque[tuple[Future, Any, Any]] = deque()
+        self._ahead: Optional[Lookahead] = None
         self._latency = Metrics.distribution(STAGE, "frame_us")
         self._degraded = Metrics.counter(STAGE, "frames_degraded")
 
@@ -98,12 +97,11 @@ class _DetectFn(beam.DoFn):
             from pipelines.models.detector import load_detector
 
             self._detector = load_detector(self._name, threads=self._threads, score_threshold=self._threshold)
-        if self._lookahead:
-            self._pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"riskmask-detect-{i}")
-                           for i in range(self._workers)]
+        self._ahead = Lookahead(self._lookahead, self._workers, "riskmask-detect", finish=self._done)
 
     def start_bundle(self) -> None:
-        self._pending = deque()
+        if self._ahead is not None:
+            self._ahead.reset()
 
     def _gate(self, frame: FrameContext) -> Optional[ChangeGate]:
         """The frame's camera gate (per camera and epoch: a restarted camera starts afresh), None when off."""
@@ -120,53 +118,31 @@ class _DetectFn(beam.DoFn):
         self._gates.move_to_end(key)
         return gate
 
-    def _worker(self, camera_id: str) -> int:
-        """The camera's worker: fixed once chosen (its frames stay in order), the least loaded for a new one."""
-        index = self._worker_of.get(camera_id)
-        if index is None:
-            load = [0] * len(self._pools)
-            for i in self._worker_of.values():
-                load[i] += 1
-            index = self._worker_of[camera_id] = load.index(min(load))
-            while len(self._worker_of) > MAX_GATED_CAMERAS:
-                self._worker_of.popitem(last=False)
-        self._worker_of.move_to_end(camera_id)
-        return index
-
     def _timed(self, frame: FrameContext, gate: Optional[ChangeGate]) -> tuple[FrameContext, float]:
         # Runs on the camera's worker (or the caller's thread): a camera's frames reach its gate in arrival
         # order, one at a time. The gate was looked up on the runner's thread, which alone touches the table.
         start = time.perf_counter()
         return detect(self._detector, frame, gate), time.perf_counter() - start
 
-    def _done(self, out: FrameContext, seconds: float) -> FrameContext:
-        # Beam metrics are per thread: record on the runner's thread, not the worker's.
+    def _done(self, result: tuple[FrameContext, float]) -> FrameContext:
+        out, seconds = result
         self._latency.update(int(seconds * 1e6))
         self._degraded.inc(int(out.degraded))
         return out
 
     def process(self, frame: FrameContext, timestamp: Any = beam.DoFn.TimestampParam,
                 window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
-        if not self._pools:
-            yield self._done(*self._timed(frame, self._gate(frame)))
-            return
-        pool = self._pools[self._worker(frame.camera_id)]
-        self._pending.append((pool.submit(self._timed, frame, self._gate(frame)), timestamp, window))
-        while len(self._pending) > self._lookahead:
-            yield self._emit()
+        gate = self._gate(frame)
+        yield from self._ahead.submit(functools.partial(self._timed, frame, gate), timestamp, window,
+                                      lane=frame.camera_id)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        while self._pending:
-            yield self._emit()
-
-    def _emit(self) -> WindowedValue:
-        future, timestamp, window = self._pending.popleft()
-        return WindowedValue(self._done(*future.result()), timestamp, (window,))
+        yield from self._ahead.drain()
 
     def teardown(self) -> None:
-        for pool in self._pools:
-            pool.shutdown(wait=True, cancel_futures=True)
-        self._pools = []
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
 
 class DetectFaces(beam.PTransform):
