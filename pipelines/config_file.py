@@ -36,6 +36,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from pipelines.defaults import OPTIONS
 from riskmask.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -49,48 +50,10 @@ class CameraRuleError(UserError):
     """A per-camera rule (policy or privacy zone) is invalid."""
 
 
-# (section, key) -> (argparse dest of `riskmask run`, type); bool means a TOML boolean.
+# (section, key) -> (argparse dest of `riskmask run`, type); bool means a TOML boolean. Built from the one
+# declaration of the pipeline's settings (pipelines.defaults.OPTIONS, ``config=(section, key)``).
 SETTINGS: dict[tuple[str, str], tuple[str, type]] = {
-    ("kafka", "bootstrap_servers"): ("bootstrap_servers", str),
-    ("kafka", "group_id"): ("group_id", str),
-    ("kafka", "security_protocol"): ("kafka_security_protocol", str),
-    ("kafka", "sasl_mechanism"): ("kafka_sasl_mechanism", str),
-    ("kafka", "sasl_username"): ("kafka_sasl_username", str),
-    ("kafka", "sasl_password_file"): ("kafka_sasl_password_file", str),
-    ("kafka", "ssl_cafile"): ("kafka_ssl_cafile", str),
-    ("kafka", "ssl_certfile"): ("kafka_ssl_certfile", str),
-    ("kafka", "ssl_keyfile"): ("kafka_ssl_keyfile", str),
-    ("kafka", "ssl_check_hostname"): ("kafka_ssl_check_hostname", bool),
-    ("kafka", "connect_timeout_s"): ("connect_timeout", float),
-    ("kafka", "max_frame_bytes"): ("max_frame_bytes", int),
-    ("topics", "raw"): ("raw_topic", str),
-    ("topics", "redacted"): ("redacted_topic", str),
-    ("topics", "dlq"): ("dlq_topic", str),
-    ("topics", "audit"): ("audit_topic", str),
-    ("detector", "name"): ("detector", str),
-    ("detector", "threshold"): ("detector_threshold", float),
-    ("detector", "threads"): ("threads", int),
-    ("detector", "execution_provider"): ("execution_provider", str),
-    ("detector", "lookahead"): ("detect_lookahead", int),
-    ("detector", "gate_refresh"): ("gate_refresh", int),
-    ("detector", "workers"): ("detect_workers", int),
-    ("policy", "default"): ("policy", str),
-    ("ledger", "dir"): ("ledger_dir", str),
-    ("ledger", "keys_dir"): ("keys_dir", str),
-    ("ledger", "anchor_audit_blocks"): ("anchor_audit_blocks", bool),
-    ("ledger", "match_threshold"): ("match_threshold", float),
-    ("ledger", "match_margin"): ("match_margin", float),
-    ("metrics", "port"): ("metrics_port", int),
-    ("metrics", "host"): ("metrics_host", str),
-    ("runner", "name"): ("runner", str),
-    ("runner", "job_endpoint"): ("job_endpoint", str),
-    ("runner", "environment_type"): ("environment_type", str),
-    ("runner", "environment_config"): ("environment_config", str),
-    ("runner", "checkpointing_interval"): ("checkpointing_interval", int),
-    ("runner", "parallelism"): ("parallelism", int),
-    ("runner", "bounded"): ("bounded", bool),
-    ("runner", "progress_interval_s"): ("progress_interval_s", float),
-}
+    o.config: (o.run_dest, bool if o.type is None else o.type) for o in OPTIONS if o.config is not None}
 SECTIONS = sorted({s for s, _ in SETTINGS} | {"camera"})
 ZONE_ACTIONS = ("mask", "ignore")
 

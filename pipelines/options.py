@@ -6,6 +6,10 @@ with Beam's own (``--bootstrap_servers`` belongs to the Kafka Streams runner opt
 ``--environment_type``, ``--environment_config``, ``--parallelism``, ``--max_parallelism``) are validated here
 but not redefined; ``--checkpointing_interval`` and ``--savepoint_path`` are added so that they reach the Flink
 job server, which reads them from the pipeline options.
+
+The settings themselves are declared once, in :data:`pipelines.defaults.OPTIONS` (a Beam-free module, so that
+``riskmask --help`` does not load Beam); the ``riskmask run`` command line and the config file are built from
+the same table.
 """
 
 from __future__ import annotations
@@ -15,11 +19,7 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.change_gate import GateConfig
-from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_DLQ_TOPIC, DEFAULT_GROUP_ID,
-                                DEFAULT_MAX_BUNDLE_SECONDS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_RECORDS_PER_BUNDLE,
-                                DEFAULT_RAW_TOPIC, DEFAULT_REDACTED_TOPIC)
-from pipelines.progress import DEFAULT_INTERVAL_S
+from pipelines.defaults import BY_NAME, OPTIONS
 from riskmask.errors import UserError
 
 PORTABLE_RUNNERS = {"PortableRunner", "FlinkRunner"}
@@ -33,85 +33,21 @@ class OptionsError(UserError):
 
 
 class RiskmaskOptions(PipelineOptions):
-    """Everything the riskmask pipeline reads from its command line."""
+    """Everything the riskmask pipeline reads from its command line: the settings of
+    :data:`pipelines.defaults.OPTIONS` that Beam does not declare itself (their one declaration)."""
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument("--kafka_bootstrap_servers", default=DEFAULT_BOOTSTRAP,
-                            help="comma-separated host:port of the Kafka brokers")
-        parser.add_argument("--raw_topic", default=DEFAULT_RAW_TOPIC, help="input topic of CameraFrame records")
-        parser.add_argument("--redacted_topic", default=DEFAULT_REDACTED_TOPIC, help="output of RedactedFrame")
-        parser.add_argument("--dlq_topic", default=DEFAULT_DLQ_TOPIC, help="output of DeadLetter records")
-        parser.add_argument("--audit_topic", default=DEFAULT_AUDIT_TOPIC, help="output of AuditBlock records")
-        parser.add_argument("--group_id", default=DEFAULT_GROUP_ID,
-                            help="Kafka consumer group whose committed offsets the source resumes from")
-        parser.add_argument("--detector", default="yunet", help="face detector model name")
-        parser.add_argument("--detector_threshold", type=float, default=None,
-                            help="detector score threshold (default: the model's own, kept low)")
-        parser.add_argument("--policy", default="default", help="masking policy name or path to a policy file")
-        parser.add_argument("--detector_threads", type=int, default=1, help="onnxruntime threads per detector")
-        parser.add_argument("--detect_lookahead", type=int, default=2,
-                            help="frames detected ahead on worker threads while the chain finishes earlier "
-                                 "ones (0: detect on the runner's thread)")
-        parser.add_argument("--detect_workers", type=int, default=2,
-                            help="detector threads; each camera is bound to one, so cameras are detected at once")
-        parser.add_argument("--gate_refresh", type=int, default=GateConfig().refresh_every,
-                            help="change-gated detection: a full-frame detection every N frames per camera "
-                                 "(0: no gate, every frame detected in full)")
-        parser.add_argument("--max_frame_bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
-                            help="larger records go to the DLQ as oversized")
-        parser.add_argument("--bounded", action="store_true", default=False,
-                            help="read up to the end offsets seen at start, then finish (replays, tests)")
-        parser.add_argument("--max_records_per_bundle", type=int, default=DEFAULT_MAX_RECORDS_PER_BUNDLE,
-                            help="records one source call emits before it checkpoints (bounds bundles)")
-        parser.add_argument("--max_bundle_seconds", type=float, default=DEFAULT_MAX_BUNDLE_SECONDS,
-                            help="seconds one source call reads before it checkpoints (bounds output latency)")
-        parser.add_argument("--progress_interval_s", type=float, default=DEFAULT_INTERVAL_S,
-                            help="seconds between progress lines in the log (0: none)")
-        parser.add_argument("--checkpointing_interval", type=int, default=-1,
-                            help="Flink checkpoint interval in ms (required on Flink: offsets commit on checkpoints)")
-        parser.add_argument("--savepoint_path", default=None, help="Flink savepoint to restore the job from")
+        # No argparse choices here: a bad value must reach validate() and fail with one readable line,
+        # not make Beam's parser exit.
+        for o in OPTIONS:
+            if not o.beam or o.run_only:
+                continue
+            if o.type is None:
+                parser.add_argument(f"--{o.name}", action="store_true", default=o.default, help=o.help)
+            else:
+                parser.add_argument(f"--{o.name}", type=o.type, default=o.default, help=o.help)
 
-        # Recognition, risk lookup and audit (docs/recognition.md)
-        parser.add_argument("--recognizer_threads", type=int, default=1, help="onnxruntime threads of SFace")
-        parser.add_argument("--min_face_px", type=int, default=24, help="narrower faces are not recognised")
-        parser.add_argument("--track_state", choices=("instance", "beam"), default="instance",
-                            help="where per-camera face tracks live (instance keeps the frame path fused)")
-        parser.add_argument("--track_max_gap", type=int, default=5, help="frames a missed face stays masked")
-        parser.add_argument("--reverify_every", type=int, default=25, help="re-embed a track every N frames")
-        parser.add_argument("--match_threshold", type=float, default=0.50, help="SFace cosine for a match")
-        parser.add_argument("--match_margin", type=float, default=0.08, help="lead over the second subject")
-        parser.add_argument("--watchlist_max_staleness_s", type=float, default=30.0,
-                            help="older watchlist: every face gets the strongest mask")
-        parser.add_argument("--watchlist_sync_interval_s", type=float, default=5.0)
-        parser.add_argument("--ledger_dir", default=None,
-                            help="ledger cluster directory (genesis, keys/pipeline.key); none: empty watchlist")
-        parser.add_argument("--keys_dir", default=None, help="privacy keyring directory (KEKs)")
-        parser.add_argument("--subject_ref_key_file", default=None,
-                            help="key for the short references of disclosed subjects; none: no references")
-        parser.add_argument("--audit_block_records", type=int, default=250)
-        parser.add_argument("--audit_block_seconds", type=float, default=10.0)
-        parser.add_argument("--anchor_audit_blocks", action="store_true", default=False,
-                            help="anchor each audit block's Merkle root on the ledger (needs --ledger_dir)")
-
-        # Operations (docs/operations.md): execution provider, Kafka security and timeouts, per-camera rules.
-        parser.add_argument("--execution_provider", default="cpu",
-                            help="onnxruntime execution provider of the detector and recogniser: cpu, cuda, tensorrt")
-        parser.add_argument("--kafka_security_protocol", default="PLAINTEXT",
-                            help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
-        parser.add_argument("--kafka_sasl_mechanism", default="PLAIN", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
-        parser.add_argument("--kafka_sasl_username", default=None, help="SASL user name")
-        parser.add_argument("--kafka_sasl_password_file", default=None,
-                            help="file holding the SASL password (read by each Kafka client when it starts)")
-        parser.add_argument("--kafka_ssl_cafile", default=None, help="CA bundle that signs the brokers' certificates")
-        parser.add_argument("--kafka_ssl_certfile", default=None, help="client certificate (mutual TLS)")
-        parser.add_argument("--kafka_ssl_keyfile", default=None, help="client private key (mutual TLS)")
-        parser.add_argument("--kafka_ssl_no_check_hostname", action="store_true", default=False,
-                            help="do not check the broker certificate's host name")
-        parser.add_argument("--connect_timeout_s", type=float, default=None,
-                            help="seconds to wait for a broker and topic metadata at start (default 30)")
-        parser.add_argument("--camera_rules", default=None,
-                            help="JSON list of per-camera rules (policy, privacy zones); see pipelines.config_file")
 
 def validate(options: PipelineOptions) -> RiskmaskOptions:
     """Check every option; raise OptionsError with one readable line on the first problem."""
@@ -160,6 +96,9 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
         raise OptionsError("need 0 < watchlist sync interval < watchlist max staleness")
     if not 0 <= opts.track_max_gap <= 250 or not 1 <= opts.reverify_every <= 10_000:
         raise OptionsError("track max gap must be 0..250 and reverify every 1..10000 frames")
+    if opts.track_state not in BY_NAME["track_state"].choices:
+        raise OptionsError(f"track state must be one of {', '.join(BY_NAME['track_state'].choices)}, "
+                           f"got {opts.track_state!r}")
     if not 1 <= opts.recognizer_threads <= 64 or opts.min_face_px < 1:
         raise OptionsError("recognizer threads must be 1..64 and min face px >= 1")
     if not 1 <= opts.audit_block_records <= 100_000 or not 0 < opts.audit_block_seconds <= 3600:

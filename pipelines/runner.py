@@ -17,33 +17,14 @@ import signal
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from pipelines.defaults import (DEFAULT_AUDIT_TOPIC, DEFAULT_BOOTSTRAP, DEFAULT_DLQ_TOPIC, DEFAULT_GROUP_ID,
-                                DEFAULT_MAX_BUNDLE_SECONDS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_RECORDS_PER_BUNDLE,
-                                DEFAULT_RAW_TOPIC, DEFAULT_REDACTED_TOPIC)
+from pipelines.defaults import OPERATIONS, OPTIONS, RUNNERS
 
 logger = logging.getLogger(__name__)
 
-RUNNERS = ("FnApiRunner", "DirectRunner", "PortableRunner", "FlinkRunner", "PrismRunner")
-
-
-# dest -> built-in default of every `riskmask run` setting a config file can also set. The parser's own
-# defaults are None so that "not given on the command line" can be told apart: the value is then taken from
-# the config file (--config), else from here.
-RUN_DEFAULTS: dict[str, Any] = {
-    "bootstrap_servers": DEFAULT_BOOTSTRAP, "raw_topic": DEFAULT_RAW_TOPIC, "redacted_topic": DEFAULT_REDACTED_TOPIC,
-    "dlq_topic": DEFAULT_DLQ_TOPIC, "audit_topic": DEFAULT_AUDIT_TOPIC, "group_id": DEFAULT_GROUP_ID,
-    "detector": "yunet", "detector_threshold": None, "policy": "default", "threads": 1, "detect_lookahead": None,
-    "gate_refresh": None, "detect_workers": None,
-    "execution_provider": "cpu", "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES,
-    "max_records_per_bundle": DEFAULT_MAX_RECORDS_PER_BUNDLE, "max_bundle_seconds": DEFAULT_MAX_BUNDLE_SECONDS,
-    "bounded": False, "runner": "FnApiRunner", "job_endpoint": None, "environment_type": None,
-    "environment_config": None, "checkpointing_interval": None, "parallelism": None, "ledger_dir": None,
-    "keys_dir": None, "match_threshold": None, "match_margin": None, "anchor_audit_blocks": False,
-    "progress_interval_s": None, "kafka_security_protocol": None, "kafka_sasl_mechanism": None,
-    "kafka_sasl_username": None, "kafka_sasl_password_file": None, "kafka_ssl_cafile": None,
-    "kafka_ssl_certfile": None, "kafka_ssl_keyfile": None, "kafka_ssl_check_hostname": True,
-    "connect_timeout": 5.0, "metrics_port": None, "metrics_host": "0.0.0.0",
-}
+# `riskmask run` attribute -> built-in default of every setting the command line or a config file can set. The
+# parser's own defaults are None so that "not given on the command line" can be told apart: the value is then
+# taken from the config file (--config), else from here. Built from the one declaration (pipelines.defaults).
+RUN_DEFAULTS: dict[str, Any] = {o.run_dest: o.run_default for o in OPTIONS if o.flags or o.config}
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -68,37 +49,23 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def pipeline_args(args: argparse.Namespace) -> list[str]:
-    """Beam flags from the ``riskmask run`` arguments (after :func:`resolve_args`)."""
+    """Beam flags from the ``riskmask run`` arguments (after :func:`resolve_args`): ``--name=value`` of every
+    setting that has a value, in the order of :data:`pipelines.defaults.OPTIONS`."""
     args = resolve_args(args)
     if args.runner not in RUNNERS:
-        from pipelines.options import OptionsError
+        from pipelines.options import OptionsError  # deferred: pipelines.options loads Beam (CLI start-up)
 
         raise OptionsError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
-    out = [f"--runner={args.runner}", f"--kafka_bootstrap_servers={args.bootstrap_servers}",
-           f"--raw_topic={args.raw_topic}", f"--redacted_topic={args.redacted_topic}",
-           f"--dlq_topic={args.dlq_topic}", f"--audit_topic={args.audit_topic}", f"--group_id={args.group_id}",
-           f"--detector={args.detector}", f"--policy={args.policy}", f"--detector_threads={args.threads}",
-           f"--max_frame_bytes={args.max_frame_bytes}", f"--max_records_per_bundle={args.max_records_per_bundle}",
-           f"--max_bundle_seconds={args.max_bundle_seconds}", f"--execution_provider={args.execution_provider}"]
-    if args.detector_threshold is not None:
-        out.append(f"--detector_threshold={args.detector_threshold}")
-    if args.bounded:
-        out.append("--bounded")
-    for flag in ("job_endpoint", "environment_type", "environment_config", "checkpointing_interval",
-                 "parallelism", "max_parallelism", "savepoint_path", "ledger_dir", "keys_dir",
-                 "match_threshold", "match_margin", "audit_block_records", "audit_block_seconds",
-                 "progress_interval_s", "detect_lookahead", "gate_refresh", "detect_workers", "kafka_security_protocol", "kafka_sasl_mechanism",
-                 "kafka_sasl_username", "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile",
-                 "kafka_ssl_keyfile", "camera_rules"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            out.append(f"--{flag}={value}")
-    if args.connect_timeout is not None:
-        out.append(f"--connect_timeout_s={args.connect_timeout}")
-    if args.kafka_ssl_check_hostname is False:
-        out.append("--kafka_ssl_no_check_hostname")
-    if getattr(args, "anchor_audit_blocks", False):
-        out.append("--anchor_audit_blocks")
+    out = []
+    for o in OPTIONS:
+        value = getattr(args, o.run_dest, None)
+        if o.run_only or value is None:
+            continue
+        if o.type is None:
+            if (not value) if o.invert else bool(value):
+                out.append(f"--{o.name}")
+        else:
+            out.append(f"--{o.name}={value}")
     if args.runner in ("PortableRunner", "FlinkRunner") and not args.bounded:
         out.append("--streaming")
     out.extend(args.pipeline_arg or [])
@@ -202,104 +169,32 @@ def metrics_summary(result: Any) -> dict[str, Any]:
 
 
 def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``riskmask run``. Settings a config file can hold default to None here (see :data:`RUN_DEFAULTS`)."""
-    d = RUN_DEFAULTS
+    """Add ``riskmask run``, one flag per setting of :data:`pipelines.defaults.OPTIONS` that has ``flags``.
+    Their defaults are None here (see :data:`RUN_DEFAULTS`) so that a config file can fill what is not given."""
     p = sub.add_parser("run", help="run the de-identification pipeline (Kafka -> Beam -> Kafka)",
                        description="Read CameraFrame records, mask every face, write RedactedFrame records "
                                    "(and DeadLetter records for anything that cannot be processed safely). "
                                    "Settings come from the command line, then --config FILE, then defaults.")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="pipeline config file (TOML; docs/operations.md); command-line flags override it")
-    p.add_argument("--bootstrap-servers", default=None,
-                   help=f"Kafka bootstrap servers (default: $RISKMASK_BOOTSTRAP or {d['bootstrap_servers']})")
-    p.add_argument("--raw-topic", default=None, help=f"input topic (default: {d['raw_topic']})")
-    p.add_argument("--redacted-topic", default=None, help=f"output topic (default: {d['redacted_topic']})")
-    p.add_argument("--dlq-topic", default=None, help=f"dead-letter topic (default: {d['dlq_topic']})")
-    p.add_argument("--audit-topic", default=None, help=f"audit topic (default: {d['audit_topic']})")
-    p.add_argument("--group-id", default=None,
-                   help=f"consumer group whose committed offsets are resumed (default: {d['group_id']})")
-    p.add_argument("--detector", default=None, help="face detector: yunet | centerface (default: yunet)")
-    p.add_argument("--detector-threshold", type=float, default=None,
-                   help="detector score threshold (default: the model's own, kept low)")
-    p.add_argument("--execution-provider", default=None, choices=("cpu", "cuda", "tensorrt"),
-                   help="onnxruntime execution provider of the detector and recogniser (default: cpu; cuda and "
-                        "tensorrt need onnxruntime-gpu, and fail with a clear error without it)")
-    p.add_argument("--policy", default=None,
-                   help="policy name (default, paper) or a policy file path (default: default)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the detector (default 1)")
-    p.add_argument("--detect-lookahead", dest="detect_lookahead", type=int, default=None, metavar="FRAMES",
-                   help="frames detected ahead on a second thread while earlier ones are masked and written "
-                        "(default 2; 0: all on one thread)")
-    p.add_argument("--detect-workers", dest="detect_workers", type=int, default=None, metavar="N",
-                   help="detector threads, each camera bound to one so that cameras are detected at once "
-                        "(default 2)")
-    p.add_argument("--gate-refresh", dest="gate_refresh", type=int, default=None, metavar="FRAMES",
-                   help="detect only where pixels changed, with a full-frame detection every FRAMES frames per "
-                        "camera (default 25; 0: every frame in full, no change gate)")
-    p.add_argument("--max-frame-bytes", type=int, default=None,
-                   help=f"records above this go to the DLQ as oversized (default: {d['max_frame_bytes']})")
-    p.add_argument("--max-records-per-bundle", type=int, default=None,
-                   help=f"records per source checkpoint; bounds bundle latency "
-                        f"(default: {d['max_records_per_bundle']})")
-    p.add_argument("--max-bundle-seconds", type=float, default=None,
-                   help=f"seconds of reading per source checkpoint; bounds output latency "
-                        f"(default: {d['max_bundle_seconds']})")
-    p.add_argument("--bounded", action="store_const", const=True, default=None,
-                   help="process what is in the topic now, then stop (replays, tests)")
-    p.add_argument("--runner", default=None, choices=RUNNERS, help="Beam runner (default: FnApiRunner)")
-    # The underscore spellings below are Beam's; Flink's FlinkPortableClientEntryPoint appends
-    # --job_endpoint=... to the driver command it runs.
-    p.add_argument("--job-endpoint", "--job_endpoint", dest="job_endpoint", default=None,
-                   help="Beam job server host:port")
-    p.add_argument("--environment-type", "--environment_type", dest="environment_type", default=None,
-                   help="SDK worker environment for portable runners (EXTERNAL, PROCESS, DOCKER, LOOPBACK)")
-    p.add_argument("--environment-config", "--environment_config", dest="environment_config", default=None,
-                   help="e.g. localhost:50000 of a worker pool for EXTERNAL")
-    p.add_argument("--checkpointing-interval", "--checkpointing_interval", dest="checkpointing_interval", type=int,
-                   default=None, help="Flink checkpoint interval in ms (required for streaming on Flink)")
-    p.add_argument("--parallelism", type=int, default=None, help="Flink parallelism")
-    p.add_argument("--max-parallelism", "--max_parallelism", dest="max_parallelism", type=int, default=None,
-                   help="Flink max parallelism")
-    p.add_argument("--savepoint-path", "--savepoint_path", dest="savepoint_path", default=None,
-                   help="Flink savepoint to restore")
-    kafka = p.add_argument_group("Kafka connection (docs/operations.md)")
-    kafka.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
-                       help="give up after this long when no broker answers or a topic is missing (default 5)")
-    kafka.add_argument("--kafka-security-protocol", default=None,
-                       choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-                       help="how clients talk to the brokers (default: PLAINTEXT)")
-    kafka.add_argument("--kafka-sasl-mechanism", default=None, choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
-                       help="SASL mechanism (default: PLAIN)")
-    kafka.add_argument("--kafka-sasl-username", default=None, help="SASL user name")
-    kafka.add_argument("--kafka-sasl-password-file", default=None, metavar="FILE",
-                       help="file holding the SASL password (never pass a password on the command line)")
-    kafka.add_argument("--kafka-ssl-cafile", default=None, metavar="FILE", help="CA bundle of the brokers")
-    kafka.add_argument("--kafka-ssl-certfile", default=None, metavar="FILE", help="client certificate (mutual TLS)")
-    kafka.add_argument("--kafka-ssl-keyfile", default=None, metavar="FILE", help="client key (mutual TLS)")
-    kafka.add_argument("--kafka-no-check-hostname", dest="kafka_ssl_check_hostname", action="store_const",
-                       const=False, default=None, help="do not check the broker certificate's host name")
-    rec = p.add_argument_group("recognition, risk lookup and audit (docs/recognition.md)")
-    rec.add_argument("--ledger-dir", default=None,
-                     help="ledger cluster directory (genesis, pipeline key); without it no one is recognised and "
-                          "every face gets the strongest mask")
-    rec.add_argument("--keys-dir", default=None, help="privacy keyring directory (key-encryption keys)")
-    rec.add_argument("--match-threshold", type=float, default=None, help="SFace cosine for a match (default 0.50)")
-    rec.add_argument("--match-margin", type=float, default=None, help="lead over the second subject (default 0.08)")
-    rec.add_argument("--audit-block-records", type=int, default=None, help="records per audit block (default 250)")
-    rec.add_argument("--audit-block-seconds", type=float, default=None,
-                     help="capture seconds per audit block (default 10)")
-    rec.add_argument("--anchor-audit-blocks", action="store_const", const=True, default=None,
-                     help="anchor each audit block's Merkle root on the ledger (needs --ledger-dir)")
-    ops = p.add_argument_group("operations (docs/operations.md)")
-    ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                     help="serve /metrics, /healthz and /readyz on this port (default: off; 0: any free port)")
-    ops.add_argument("--metrics-host", default=None, metavar="ADDR",
-                     help=f"address the metrics server binds (default: {d['metrics_host']})")
-    ops.add_argument("--progress-interval", dest="progress_interval_s", type=float, default=None, metavar="SECONDS",
-                     help="seconds between progress lines in the log: frames/s, faces, degraded frames, latency "
-                          "(default 30; 0: none)")
-    ops.add_argument("--metrics-out", default=None, metavar="FILE",
-                     help="when the run ends (e.g. --bounded), write per-stage counters and timings as JSON here")
+    groups: dict[str, Any] = {"": p}
+    for o in OPTIONS:
+        if not o.flags:
+            continue
+        if o.group not in groups:
+            groups[o.group] = p.add_argument_group(o.group)
+        where = groups[o.group]
+        shown = o.run_default
+        helptext = o.help if shown is None or o.type is None else f"{o.help} (default: {shown})"
+        if o.type is None:
+            where.add_argument(*o.flags, dest=o.run_dest, action="store_const", const=not o.invert, default=None,
+                               help=helptext)
+        else:
+            where.add_argument(*o.flags, dest=o.run_dest, type=o.type, default=None, choices=o.choices,
+                               metavar=o.metavar, help=helptext)
+    groups.setdefault(OPERATIONS, p.add_argument_group(OPERATIONS)).add_argument(
+        "--metrics-out", default=None, metavar="FILE",
+        help="when the run ends (e.g. --bounded), write per-stage counters and timings as JSON here")
     p.add_argument("--pipeline-arg", action="append", default=[], metavar="FLAG",
                    help="extra Beam pipeline flag, e.g. --pipeline-arg=--direct_num_workers=2 (repeatable)")
     p.set_defaults(func=_run_main)

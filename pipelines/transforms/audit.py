@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
@@ -28,7 +29,10 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from ledger.keys import AUDITOR_PUB_FILE, KeyringError, default_keys_dir, load_auditor_public_key
+from ledger.registry_client import RegistryClient
 from pipelines.audit_chain import CameraChain, FlushRule, anchor_tx, record_from_redacted
+from pipelines.defaults import value
 from pipelines.frame import DEDUPE_HEADER, OutboundMessage
 from schemas.messages import AuditBlock, AuditRecord, RedactedFrame
 from schemas.serde import SchemaError
@@ -70,10 +74,6 @@ class LedgerAnchorer:
 
     def __call__(self, block: AuditBlock) -> bytes:
         if self._client is None:
-            from pathlib import Path
-
-            from ledger.registry_client import RegistryClient
-
             self._client = RegistryClient.from_dir(Path(self.ledger_dir), key_name=self.key_name,
                                                    key_file=Path(self.key_file) if self.key_file else None,
                                                    need_keyring=False)
@@ -159,17 +159,13 @@ class Audit(beam.PTransform):
 
 
 def audit_from_options(opts: Any) -> "Audit":
-    """:class:`Audit` from pipeline options (defaults for options not defined): audit_block_records,
+    """:class:`Audit` from pipeline options (declared defaults for options not set): audit_block_records,
     audit_block_seconds, and anchor_audit_blocks with ledger_dir (anchor each block with the pipeline key)."""
-    def opt(name: str, default: Any) -> Any:
-        value = getattr(opts, name, None)
-        return default if value is None else value
-
-    rule = FlushRule(max_records=int(opt("audit_block_records", 250)),
-                     max_window_us=int(float(opt("audit_block_seconds", 10.0)) * 1_000_000))
+    rule = FlushRule(max_records=int(value(opts, "audit_block_records")),
+                     max_window_us=int(float(value(opts, "audit_block_seconds")) * 1_000_000))
     anchorer = None
-    if opt("anchor_audit_blocks", False):
-        ledger_dir = opt("ledger_dir", None)
+    if value(opts, "anchor_audit_blocks"):
+        ledger_dir = value(opts, "ledger_dir")
         if not ledger_dir:
             raise ValueError("anchoring audit blocks needs --ledger_dir")
         anchorer = LedgerAnchorer(str(ledger_dir))
@@ -180,10 +176,6 @@ def auditor_key_from_options(opts: Any) -> Optional[bytes]:
     """The auditor public key: ``auditor_public_key`` (a .pub file) if set, else ``auditor.x25519.pub`` in
     ``keys_dir`` (or the default keys directory) when present; None when there is none. A key file that
     exists but cannot be read is an error (never silently run without sealing what should be sealed)."""
-    from pathlib import Path
-
-    from ledger.keys import AUDITOR_PUB_FILE, KeyringError, default_keys_dir, load_auditor_public_key
-
     explicit = getattr(opts, "auditor_public_key", None)
     if explicit:
         path = Path(str(explicit))

@@ -23,17 +23,21 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Protocol
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from ledger.registry_client import RegistryClient
+from ledger.watchlist import WatchlistStale, from_cluster
+from pipelines.defaults import value
 from pipelines.frame import FrameContext
 from pipelines.matching import AMBIGUOUS, MATCHED, STALE, UNKNOWN, MatchConfig, MatchResult
-from pipelines.tracking import TrackedFace
-from pipelines.transforms.embed_faces import set_if_field
-from pipelines.watchlist_index import WatchlistIndex, subject_ref
+from pipelines.tracking import TrackedFace, TrackerConfig
+from pipelines.transforms.embed_faces import EmbedConfig, EmbedFaces, set_if_field
+from pipelines.watchlist_index import WatchlistIndex, index_from_watchlist, subject_ref
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +89,6 @@ class LedgerWatchlistSource:
         self._sync: Any = None
 
     def sync(self, current: WatchlistIndex, now: float) -> WatchlistIndex:
-        from pipelines.watchlist_index import index_from_watchlist
-
-        from ledger.watchlist import WatchlistStale
-
         if self._sync is None:
             self._sync = self._factory()
         try:
@@ -114,11 +114,6 @@ class LedgerSyncFactory:
         self.ledger_dir, self.key_name, self.keys_dir, self.timeout_s = ledger_dir, key_name, keys_dir, timeout_s
 
     def __call__(self) -> Any:
-        from pathlib import Path
-
-        from ledger.registry_client import RegistryClient
-        from ledger.watchlist import from_cluster
-
         rc = RegistryClient.from_dir(Path(self.ledger_dir), key_name=self.key_name,
                                      keys_dir=Path(self.keys_dir) if self.keys_dir else None)
         try:
@@ -295,37 +290,29 @@ class EnrichRisk(beam.PTransform):
 
 
 
-def _opt(opts: Any, name: str, default: Any) -> Any:
-    value = getattr(opts, name, None)
-    return default if value is None else value
-
-
 def recognition_from_options(opts: Any, recognizer_factory: Optional[Callable[[], Any]] = None,
                              source_factory: Optional[Callable[[], WatchlistSource]] = None) -> beam.PTransform:
-    """``EmbedFaces | EnrichRisk`` configured from pipeline options (defaults for options not defined):
+    """``EmbedFaces | EnrichRisk`` configured from pipeline options (declared defaults for options not set):
     recognizer_threads, min_face_px, track_state, track_max_gap, reverify_every, match_threshold,
     match_margin, watchlist_max_staleness_s, watchlist_sync_interval_s, ledger_dir, keys_dir,
     subject_ref_key_file. Without ``ledger_dir`` the watchlist is empty: every face gets the strongest mask
     and no face is embedded (tracking and gap filling still run)."""
-    from pipelines.tracking import TrackerConfig
-    from pipelines.transforms.embed_faces import EmbedConfig, EmbedFaces
-
-    embed = EmbedConfig(tracker=TrackerConfig(max_gap=int(_opt(opts, "track_max_gap", 5)),
-                                              reverify_every=int(_opt(opts, "reverify_every", 25))),
-                        min_face_px=int(_opt(opts, "min_face_px", 24)),
-                        recognizer_threads=int(_opt(opts, "recognizer_threads", 1)),
-                        state=str(_opt(opts, "track_state", "instance")),
+    embed = EmbedConfig(tracker=TrackerConfig(max_gap=int(value(opts, "track_max_gap")),
+                                              reverify_every=int(value(opts, "reverify_every"))),
+                        min_face_px=int(value(opts, "min_face_px")),
+                        recognizer_threads=int(value(opts, "recognizer_threads")),
+                        state=str(value(opts, "track_state")),
                         # Without a ledger nobody can be recognised: track and gap-fill, but skip SFace.
-                        embed=_opt(opts, "ledger_dir", None) is not None or source_factory is not None)
+                        embed=value(opts, "ledger_dir") is not None or source_factory is not None)
     ref_key = None
-    key_file = _opt(opts, "subject_ref_key_file", None)
+    key_file = value(opts, "subject_ref_key_file")
     if key_file:
         with open(key_file, "rb") as fh:
             ref_key = fh.read().strip()
-    risk = RiskConfig(match=MatchConfig(float(_opt(opts, "match_threshold", MatchConfig().threshold)),
-                                        float(_opt(opts, "match_margin", MatchConfig().margin))),
-                      max_staleness_s=float(_opt(opts, "watchlist_max_staleness_s", 30.0)),
-                      sync_interval_s=float(_opt(opts, "watchlist_sync_interval_s", 5.0)),
+    risk = RiskConfig(match=MatchConfig(float(value(opts, "match_threshold")),
+                                        float(value(opts, "match_margin"))),
+                      max_staleness_s=float(value(opts, "watchlist_max_staleness_s")),
+                      sync_interval_s=float(value(opts, "watchlist_sync_interval_s")),
                       subject_ref_key=ref_key or None)
-    source = source_factory or WatchlistSourceFactory(_opt(opts, "ledger_dir", None), _opt(opts, "keys_dir", None))
+    source = source_factory or WatchlistSourceFactory(value(opts, "ledger_dir"), value(opts, "keys_dir"))
     return EmbedFaces(embed, recognizer_factory) | EnrichRisk(source, risk)
