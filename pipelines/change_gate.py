@@ -2,9 +2,13 @@
 
 CCTV frames are mostly still background. Per camera, a :class:`ChangeGate` keeps a reduced-scale grey
 *reference* of what the detector last looked at, cell by cell. For each new frame it plans either a full-frame
-detection (every ``refresh_every`` frames, on the first frame, after a gap in sequence numbers, or when too
-much changed) or detection on the changed regions only, each grown by a margin. After detection it merges the
-new boxes with the boxes carried over from earlier frames.
+detection (on the first frame, after a gap in sequence numbers, when too much changed, and every
+``reset_every`` frames) or detection on the changed regions only, each grown by a margin, plus a *sweep* that
+re-searches the still parts a little at a time: every ``refresh_every`` frames the detector's normal pass runs
+on the whole frame (cheap; it finds all but the smallest faces) and, spread over the same period, its costly
+tiny-face pass runs on one horizontal band of ``1 / slices`` of the frame every few frames. A sweep never costs
+a frame more than a band, so no frame waits behind a whole-frame tiny-face pass (the p99 latency of a live
+stream). After detection the gate merges the new boxes with the boxes carried over from earlier frames.
 
 The privacy argument (tested in tests/test_change_gate.py on clips with ground truth):
 
@@ -17,8 +21,8 @@ The privacy argument (tested in tests/test_change_gate.py on clips with ground t
   detector that misses a face for a frame or two does not unmask it), and replaced as soon as a new detection
   overlaps it. Carrying too long masks background (fail closed), never leaves a face bare.
 
-Every ``refresh_every`` frames a full-frame detection resets everything, which bounds how long any mistake
-(a face the region detector missed, a stale carried box) can last.
+The sweep bounds how long a face the region detector missed can stay unmasked (one sweep period), and a full
+detection every ``reset_every`` frames resets everything, stale carried boxes included.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from pipelines.detection import Detection
+from pipelines.detection import Detection, nms_detections
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +50,18 @@ class GateConfig:
     margin: int = 24  # frame pixels added around a changed region ...
     margin_fraction: float = 0.25  # ... or this fraction of the region's larger side, whichever is larger
     min_region: int = 64  # smallest crop side given to the detector (frame pixels)
-    refresh_every: int = 25  # full-frame detection every N frames (2 s at 12.5 frames/s)
+    refresh_every: int = 50  # sweep period: the normal pass on the whole frame once, all bands once (4 s at 12.5/s)
+    slices: int = 10  # bands the tiny-face pass sweeps the frame in, one per refresh_every / slices frames
+    slice_overlap: int = 64  # rows shared by neighbouring bands (more than the tiny pass's largest face)
+    reset_every: int = 250  # a full detection that also forgets every carried box
     max_changed_fraction: float = 0.35  # above this share of the frame in regions, detect the full frame
     max_misses: int = 5  # frames a carried box is kept after a search of its area first found nothing
 
     def __post_init__(self) -> None:
-        if self.scale < 1 or self.refresh_every < 1 or self.min_region < 1:
-            raise ValueError("scale, refresh_every and min_region must be >= 1")
+        if self.scale < 1 or self.refresh_every < 1 or self.min_region < 1 or self.slices < 1:
+            raise ValueError("scale, refresh_every, slices and min_region must be >= 1")
+        if self.reset_every < self.refresh_every or self.slice_overlap < 0:
+            raise ValueError("reset_every must be >= refresh_every and slice_overlap >= 0")
         if not 0.0 < self.max_changed_fraction <= 1.0:
             raise ValueError("max_changed_fraction must be in (0, 1]")
         if self.threshold <= 0 or self.margin < 0 or self.margin_fraction < 0 or self.max_misses < 0:
@@ -61,11 +70,19 @@ class GateConfig:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to detect in one frame: the full frame, or only ``regions`` (empty: nothing changed)."""
+    """What to detect in one frame: the full frame, or ``regions`` (changed, empty when nothing changed) plus
+    this frame's part of the sweep: the normal pass on the whole frame (``base_full``) or one band (``sweep``)."""
 
     full: bool
     regions: tuple[Region, ...] = ()
     reason: str = ""
+    base_full: bool = False
+    sweep: Region | None = None
+
+    @property
+    def searched(self) -> tuple[Region, ...]:
+        """Every region the whole detector (both passes) looks at."""
+        return self.regions + ((self.sweep,) if self.sweep is not None else ())
 
 
 def small_grey(image_bgr: np.ndarray, scale: int) -> np.ndarray:
@@ -127,9 +144,16 @@ def merge_regions(boxes: Sequence[Region], width: int, height: int, min_side: in
     return out
 
 
-def _centre_in(det: Detection, region: Region) -> bool:
-    cx, cy = det.x + det.w / 2, det.y + det.h / 2
-    return region[0] <= cx < region[0] + region[2] and region[1] <= cy < region[1] + region[3]
+def _det_inside(det: Detection, region: Region) -> bool:
+    return (region[0] <= det.x and region[1] <= det.y and det.x + det.w <= region[0] + region[2]
+            and det.y + det.h <= region[1] + region[3])
+
+
+def sweep_band(index: int, slices: int, overlap: int, width: int, height: int) -> Region:
+    """Band ``index`` of ``slices`` horizontal bands covering the frame, each grown by half the overlap."""
+    y0 = max(0, index * height // slices - overlap // 2)
+    y1 = min(height, (index + 1) * height // slices + overlap // 2)
+    return (0, y0, width, y1 - y0)
 
 
 def _det_overlaps(a: Detection, b: Detection) -> bool:
@@ -159,31 +183,38 @@ class ChangeGate:
             return Plan(True, reason="first"), small
         if seq is not None and self._last_seq is not None and seq != self._last_seq + 1:
             return Plan(True, reason="gap"), small
-        if self._since_refresh + 1 >= self.cfg.refresh_every:
+        if self._since_refresh + 1 >= self.cfg.reset_every:
             return Plan(True, reason="refresh"), small
         regions = changed_regions(np.abs(small - self._ref), self.cfg, (w, h))
         if sum(r[2] * r[3] for r in regions) > self.cfg.max_changed_fraction * w * h:
             return Plan(True, reason="busy"), small
-        return Plan(False, tuple(regions), reason="changed" if regions else "still"), small
+        n = self._since_refresh + 1  # this frame's number since the last full detection
+        period, slices = self.cfg.refresh_every, min(self.cfg.slices, self.cfg.refresh_every)
+        step = period // slices
+        base_full = n % period == 0
+        sweep = None
+        if not base_full and (n % period) % step == step // 2 and (n % period) // step < slices:
+            sweep = sweep_band((n % period) // step, slices, self.cfg.slice_overlap, w, h)
+        return Plan(False, tuple(regions), "changed" if regions else "still", base_full, sweep), small
 
     def update(self, plan: Plan, small: np.ndarray, found: Sequence[Detection], seq: int | None = None) -> list[Detection]:
         """Record what the detector found for ``plan``; returns every box to treat as a face in this frame."""
         self._last_seq = seq
         if plan.full:
-            since = self.phase % self.cfg.refresh_every if plan.reason == "first" else 0
+            since = self.phase % self.cfg.reset_every if plan.reason == "first" else 0
             self._ref, self._since_refresh, self._carried = small.copy(), since, [(d, 0) for d in found]
             return list(found)
         self._since_refresh += 1
         s = self.cfg.scale
-        for x, y, w, h in plan.regions:  # the detector has seen these cells now
+        for x, y, w, h in plan.searched:  # the detector has seen these cells now
             self._ref[y // s:-(-(y + h) // s), x // s:-(-(x + w) // s)] = \
                 small[y // s:-(-(y + h) // s), x // s:-(-(x + w) // s)]
         kept = []
         for d, misses in self._carried:
             if any(_det_overlaps(d, f) for f in found):
                 continue  # re-found (or the face moved): the new box replaces it
-            if misses or any(_centre_in(d, r) for r in plan.regions):
-                misses += 1  # its area was searched and nothing found there: from then on it ages every frame
+            if misses or any(_det_inside(d, r) for r in plan.searched):
+                misses += 1  # searched whole and not found: from then on it ages every frame
             if misses <= self.cfg.max_misses:
                 kept.append((d, misses))
         self._carried = kept + [(f, 0) for f in found]
@@ -201,8 +232,19 @@ def detect_regions(detect: Callable[[np.ndarray], list[Detection]], image_bgr: n
 
 
 def gated_detect(gate: ChangeGate, detect: Callable[[np.ndarray], list[Detection]], image_bgr: np.ndarray,
-                 seq: int | None = None) -> tuple[list[Detection], Plan]:
-    """One frame through the gate: plan, detect what the plan says, merge with carried boxes."""
+                 seq: int | None = None, base_detect: Callable[[np.ndarray], list[Detection]] | None = None
+                 ) -> tuple[list[Detection], Plan]:
+    """One frame through the gate: plan, detect what the plan says, merge with carried boxes.
+
+    ``detect`` is the whole detector; ``base_detect`` its normal pass alone (the sweep's whole-frame pass; the
+    whole detector when None)."""
     plan, small = gate.plan(image_bgr, seq)
-    found = detect(image_bgr) if plan.full else detect_regions(detect, image_bgr, plan.regions)
+    if plan.full:
+        found = detect(image_bgr)
+    else:
+        found = detect_regions(detect, image_bgr, plan.searched)
+        if plan.base_full:
+            found += (base_detect or detect)(image_bgr)
+        if plan.sweep is not None or plan.base_full:
+            found = nms_detections(found)  # the sweep overlaps changed regions: one box per face
     return gate.update(plan, small, found, seq), plan

@@ -95,8 +95,8 @@ OPTIONS: tuple[Option, ...] = (
            config=("detector", "lookahead")),
     Option("detect_workers", 2, "detector threads, each camera bound to one so that cameras are detected at "
            "once", int, flags=("--detect-workers",), metavar="N", config=("detector", "workers")),
-    # 25: pipelines.change_gate.GateConfig.refresh_every (2 s at 12.5 frames/s)
-    Option("gate_refresh", 25, "detect only where pixels changed, with a full-frame detection every FRAMES "
+    # 50: pipelines.change_gate.GateConfig.refresh_every (4 s at 12.5 frames/s)
+    Option("gate_refresh", 50, "detect only where pixels changed, sweeping the still parts once every FRAMES "
            "frames per camera (0: every frame in full, no change gate)", int, flags=("--gate-refresh",),
            metavar="FRAMES", config=("detector", "gate_refresh")),
     Option("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, "records above this go to the DLQ as oversized", int,

@@ -129,7 +129,10 @@ def _mask_kwargs(opts: Any) -> dict[str, Any]:
 def _gate_config(opts: RiskmaskOptions) -> Optional[GateConfig]:
     """The change gate of DetectFaces (None when ``--gate_refresh 0`` turns it off)."""
     refresh = getattr(opts, "gate_refresh", GateConfig().refresh_every)
-    return GateConfig(refresh_every=refresh) if refresh else None
+    # A full reset every 5 sweeps at least (the default 250 frames: 20 s at 12.5 frames/s).
+    if not refresh:
+        return None
+    return GateConfig(refresh_every=refresh, reset_every=max(GateConfig().reset_every, 5 * refresh))
 
 
 def _request_bytes(opts: RiskmaskOptions) -> int:

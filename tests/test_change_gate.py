@@ -21,7 +21,7 @@ def _det(x: float, y: float, w: float = 20, h: float = 24) -> Detection:
 
 
 def test_first_frame_gap_and_refresh_are_full() -> None:
-    gate = ChangeGate(GateConfig(refresh_every=3))
+    gate = ChangeGate(GateConfig(refresh_every=3, slices=1, reset_every=3))
     plan, small = gate.plan(_frame(), seq=0)
     assert plan.full and plan.reason == "first"
     gate.update(plan, small, [], seq=0)
@@ -30,7 +30,7 @@ def test_first_frame_gap_and_refresh_are_full() -> None:
     gate.update(plan, small, [], seq=1)
     plan, small = gate.plan(_frame(), seq=2)
     gate.update(plan, small, [], seq=2)
-    plan, small = gate.plan(_frame(), seq=3)  # every third frame is a full refresh: 0, 3, 6 ...
+    plan, small = gate.plan(_frame(), seq=3)  # every third frame is a full reset: 0, 3, 6 ...
     assert plan.full and plan.reason == "refresh"
     gate.update(plan, small, [], seq=3)
     plan, _ = gate.plan(_frame(), seq=7)  # frames 4-6 never arrived
@@ -53,7 +53,7 @@ def test_changed_patch_gives_one_region_with_margin() -> None:
 def test_slow_drift_accumulates_against_the_last_detection() -> None:
     # A patch brightening by 2 grey levels a frame never crosses a per-frame threshold of 8, but it must be
     # searched once its total change does: the reference is the last frame the detector saw there.
-    gate = ChangeGate(GateConfig(threshold=8.0, refresh_every=1000))
+    gate = ChangeGate(GateConfig(threshold=8.0, refresh_every=1000, reset_every=1000))
     plan, small = gate.plan(_frame(), seq=0)
     gate.update(plan, small, [], seq=0)
     searched = []
@@ -75,7 +75,7 @@ def test_busy_frame_falls_back_to_full() -> None:
 
 
 def test_carried_boxes_stay_until_replaced_missed_or_refreshed() -> None:
-    gate = ChangeGate(GateConfig(refresh_every=1000, max_misses=2))
+    gate = ChangeGate(GateConfig(refresh_every=1000, reset_every=1000, max_misses=2))
     plan, small = gate.plan(_frame(), seq=0)
     out = gate.update(plan, small, [_det(100, 100), _det(400, 200)], seq=0)
     assert len(out) == 2
@@ -116,6 +116,8 @@ def test_bad_config_is_refused() -> None:
         GateConfig(refresh_every=0)
     with pytest.raises(ValueError):
         GateConfig(max_changed_fraction=0)
+    with pytest.raises(ValueError):
+        GateConfig(refresh_every=25, reset_every=10)
 
 
 def _covered(gt: tuple[int, int, int, int], dets: list[Detection]) -> bool:
@@ -176,7 +178,7 @@ def cctv_clip():
 def test_phase_moves_the_first_refresh_earlier() -> None:
     reasons = {}
     for phase in (0, 3):
-        gate = ChangeGate(GateConfig(refresh_every=5), phase=phase)
+        gate = ChangeGate(GateConfig(refresh_every=5, reset_every=5), phase=phase)
         seen = []
         for i in range(11):
             plan, small = gate.plan(_frame(), seq=i)
@@ -185,3 +187,45 @@ def test_phase_moves_the_first_refresh_earlier() -> None:
         reasons[phase] = [i for i, full in enumerate(seen) if full]
     assert reasons[0] == [0, 5, 10]
     assert reasons[3] == [0, 2, 7]
+
+
+def test_sweep_covers_the_frame_once_per_period_and_never_two_parts_in_one_frame() -> None:
+    cfg = GateConfig(refresh_every=10, slices=5, slice_overlap=16, reset_every=1000)
+    gate = ChangeGate(cfg)
+    plan, small = gate.plan(_frame(), seq=0)
+    gate.update(plan, small, [], seq=0)
+    bands, base = [], []
+    for i in range(1, 21):
+        plan, small = gate.plan(_frame(), seq=i)
+        assert not (plan.base_full and plan.sweep is not None)
+        if plan.sweep is not None:
+            bands.append(plan.sweep)
+        if plan.base_full:
+            base.append(i)
+        gate.update(plan, small, [], seq=i)
+    assert base == [10, 20]
+    assert len(bands) == 10 and bands[:5] == bands[5:]  # five bands a period
+    rows = np.zeros(H, bool)
+    for x, y, w, h in bands[:5]:
+        assert (x, w) == (0, W)
+        rows[y:y + h] = True
+    assert rows.all()  # together they cover the frame
+    assert all(b[1] + b[3] > c[1] + 8 for b, c in zip(bands[:4], bands[1:5]))  # neighbours overlap
+
+
+def test_sweep_finds_a_face_the_changed_regions_never_showed() -> None:
+    # A face that was there from a frame the detector missed it on stays still: only the sweep can find it.
+    cfg = GateConfig(refresh_every=10, slices=5, reset_every=1000)
+    gate = ChangeGate(cfg)
+    calls = []
+
+    def detector(img):  # misses the face on the first (full) frame, finds it in whatever it is shown next
+        calls.append(img.shape[:2])
+        return [] if len(calls) == 1 else [_det(10, 10)]
+
+    found_at = None
+    for i in range(12):
+        dets, plan = gated_detect(gate, detector, _frame(), seq=i)
+        if dets and found_at is None:
+            found_at = (i, plan)
+    assert found_at is not None and found_at[0] < 10 and found_at[1].sweep is not None

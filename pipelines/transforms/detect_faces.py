@@ -5,8 +5,9 @@ pipeline before any frame is read: nothing can be masked without it). If detecti
 frame is marked degraded and MaskFaces masks all of it (fail closed); it is never passed on as face-free.
 
 With a change gate (:mod:`pipelines.change_gate`, on by default) each camera's frames are detected only where
-pixels changed since the detector last looked, plus a full frame every ``refresh_every`` frames; boxes over
-still regions are carried over. A detector failure resets the camera's gate, so its next frame is searched in
+pixels changed since the detector last looked, plus a sweep of the still parts (the normal pass on the whole
+frame every ``refresh_every`` frames, the tiny-face pass one band at a time); boxes over still regions are
+carried over. A detector failure resets the camera's gate, so its next frame is searched in
 full.
 """
 
@@ -41,7 +42,9 @@ def detect(detector: Any, frame: FrameContext, gate: Optional[ChangeGate] = None
         if gate is None:
             found = detector.detect(frame.image)
         else:
-            found, _ = gated_detect(gate, detector.detect, frame.image, seq=frame.seq)
+            base = getattr(detector, "base", None)  # the normal pass of a detector with a tiny-face pass
+            found, _ = gated_detect(gate, detector.detect, frame.image, seq=frame.seq,
+                                    base_detect=base.detect if base is not None else None)
     except Exception as exc:  # any detector failure: fail closed downstream
         if gate is not None:
             gate.reset()
