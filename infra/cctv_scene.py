@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from infra import scenes
+from infra import sample_data, scenes
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,4 @@ def make_cctv_clip(sources: Sequence[scenes.FaceSource], background: np.ndarray,
 
 def default_cctv_clip(n_frames: int = 150, seed: int = 11) -> CctvClip:
     """The bench's clip: every real face source the project fetches, over the 'coffee' background."""
-    from infra import sample_data
-
     return make_cctv_clip(sample_data.face_sources(), sample_data.background("coffee"), n_frames, seed=seed)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 from infra import broker as embedded
+from infra.stack import Stack, StackError
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this package's subcommands to the top-level parser."""
@@ -118,8 +120,6 @@ def _register_status(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 def _up(args: argparse.Namespace) -> int:
-    from infra.stack import Stack, StackError
-
     _quiet_kafka_logs(args)
     if not getattr(args, "debug", False):
         logging.getLogger("ledger").setLevel(logging.WARNING)  # the progress lines say what happens
@@ -140,8 +140,6 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from infra.stack import Stack
-
     _quiet_kafka_logs(args)
     stopped = Stack(args.home).down(progress=lambda m: print(m, flush=True))
     print("stack stopped" if stopped else "stack was not running")
@@ -149,8 +147,6 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from infra.stack import Stack
-
     _quiet_kafka_logs(args)
     st = Stack(args.home).status()
     if args.json:
@@ -205,10 +201,8 @@ def _register_demo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from infra.demo import Demo, DemoConfig
-    from infra.demo_report import table
+    from infra.demo import Demo, DemoConfig  # deferred: loads cv2, which only this path needs
+    from infra.demo_report import table  # deferred: loads cv2, which only this path needs
 
     _quiet_kafka_logs(args)
     if not getattr(args, "debug", False):

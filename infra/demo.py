@@ -29,10 +29,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from infra import demo_report
+from infra import demo_report, demo_scene
+from infra.console.demo_hook import linger, open_for_demo
 from infra.demo_pipeline import Collector, DemoError, PipelineProcess, pipeline_ledger_args
+from infra.demo_scene import FICTIONAL_NOTE
 from infra.stack import Stack, StackError, StackInfo
+from ledger import audit, exporter, manager_cli, privacy
+from ledger.audit_decisions import DecisionsError, decisions_by_frame
+from ledger.client import LedgerClient
+from ledger.cluster import Cluster
+from ledger.config import Genesis, KeyFile
+from ledger.keys import KeyringError, load_auditor_private_key
+from pipelines import enrolment
+from pipelines.models.fetch import ModelError, model_path
+from pipelines.producer import CameraProducer, ProducerConfig
 from riskmask.errors import ServiceError, UserError
+from schemas.messages import AuditBlock, FaceDecision
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +145,6 @@ class Demo:
             for i, (name, title, fn, required) in enumerate(plan, 1):
                 self._step(i, len(plan) + 1, name, title, fn, required)
             if self._console is not None:
-                from infra.console.demo_hook import linger
-
                 linger(self._console, self.config.console_linger_s, self.progress)
         except KeyboardInterrupt:
             self.progress("interrupted: stopping everything the demo started")
@@ -183,9 +193,6 @@ class Demo:
 
     # -- steps -------------------------------------------------------------------------------------------
     def step_prepare(self) -> str:
-        from infra import demo_scene
-        from pipelines.models.fetch import ModelError, model_path
-
         try:
             for name in ("yunet", "sface"):
                 model_path(name)
@@ -215,15 +222,10 @@ class Demo:
         return f"{how}: broker {info.bootstrap}, {len(info.api_addresses)} ledger nodes, state in {info.root}"
 
     def step_console(self) -> str:
-        from infra.console.demo_hook import open_for_demo
-
         self._console, detail = open_for_demo(self._need_stack(), self.config.console_port, self.progress)
         return detail
 
     def step_register(self) -> str:
-        from ledger import manager_cli, privacy
-        from pipelines import enrolment
-
         info = self._need_stack()
         client = manager_cli.RegistryClient.from_dir(Path(info.ledger_dir), "manager", keys_dir=Path(info.keys_dir))
         try:
@@ -254,8 +256,6 @@ class Demo:
         return f"{len(self.state.subjects)} subject(s) on the ledger (pseudonymised, encrypted)"
 
     def step_clip(self) -> str:
-        from infra import demo_scene
-
         c = self.config
         self.state.clip = demo_scene.compose_clip(self.state.cast, c.frames, c.size)
         kb = sum(len(j) for j in self.state.clip.jpegs) / 1024
@@ -309,8 +309,6 @@ class Demo:
 
     def _produce(self, info: StackInfo, camera_id: str, jpegs: list[bytes], fps: float) -> None:
         """Send JPEG frames to frames.raw as one camera of this run (same epoch), paced at ``fps`` (0: unpaced)."""
-        from pipelines.producer import CameraProducer, ProducerConfig
-
         w, h = self.state.clip.size
         producer = CameraProducer(ProducerConfig(source="demo", camera_id=camera_id, bootstrap_servers=info.bootstrap,
                                                  topic=RAW, encrypt=self.config.encrypt_frames,
@@ -328,11 +326,6 @@ class Demo:
             producer.close()
 
     def step_audit(self) -> str:
-        from ledger import audit, exporter
-        from ledger.client import LedgerClient
-        from ledger.cluster import Cluster
-        from ledger.config import Genesis, KeyFile
-
         info = self._need_stack()
         d = Path(info.ledger_dir)
         cluster = Cluster(d)
@@ -383,11 +376,6 @@ class Demo:
     def _open_decisions(self, info: StackInfo) -> None:
         """The per-face decisions of this run, opened from the audit records with the stack's auditor key (the
         published frames carry only masked regions)."""
-        from ledger import exporter
-        from ledger.audit_decisions import DecisionsError, decisions_by_frame
-        from ledger.keys import KeyringError, load_auditor_private_key
-        from schemas.messages import AuditBlock
-
         try:
             key = load_auditor_private_key(Path(info.keys_dir))
             blocks = [AuditBlock.from_bytes(v) for _, v in exporter.read_all_partitions(info.bootstrap, AUDIT)]
@@ -497,8 +485,6 @@ def _round(v: Optional[float], digits: int = 1) -> Optional[float]:
 
 
 def demo_scene_note() -> str:
-    from infra.demo_scene import FICTIONAL_NOTE
-
     return FICTIONAL_NOTE
 
 
@@ -507,8 +493,6 @@ class AuditorView:
     report only; never serialised). Without them, each masked region is shown as a decision labelled ``sealed``."""
 
     def __init__(self, frame: Any, decisions: Optional[tuple]) -> None:
-        from schemas.messages import FaceDecision
-
         self.frame = frame
         self.faces = tuple(decisions) if decisions is not None else tuple(
             FaceDecision(x=m.x, y=m.y, w=m.w, h=m.h, score=0.0, risk_group=0, mode=m.mode, strength=0.0,

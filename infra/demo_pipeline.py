@@ -22,6 +22,7 @@ from infra.stack import StackInfo
 from pipelines.runner import register_run
 from riskmask import procs
 from riskmask.errors import ServiceError
+from schemas.messages import DeadLetter, RedactedFrame
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Collector(threading.Thread):
 
     def __init__(self, bootstrap: str, camera_id: str, warmup_id: str, epoch: int) -> None:
         super().__init__(name="demo-collector", daemon=True)
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import KafkaConsumer, TopicPartition  # deferred: loads kafka, which only this path needs
 
         self.camera_id, self.warmup_id, self.epoch = camera_id, warmup_id, epoch
         self.redacted: dict[int, Any] = {}
@@ -165,8 +166,6 @@ class Collector(threading.Thread):
             self._consumer.close()
 
     def _take(self, topic: str, value: bytes) -> None:
-        from schemas.messages import DeadLetter, RedactedFrame
-
         if topic == REDACTED:
             frame = RedactedFrame.from_bytes(value)
             if frame.epoch != self.epoch:

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
+from pipelines.video_io import write_frames
 from schemas.messages import FaceDecision, RedactedFrame
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,6 @@ def video(pairs: Sequence[tuple[bytes, RedactedFrame]], path: Path, fps: float) 
     """The whole clip, before | after per frame, as H.264 in MP4 (plays in every browser); None when empty."""
     if not pairs:
         return None
-    from pipelines.video_io import write_frames
 
     write_frames((side_by_side(before, after) for before, after in pairs), path, max(1.0, fps))
     return path

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import numpy as np
 
+from infra import sample_data, scenes
 from infra.scenes import Box, FaceSource
 
 logger = logging.getLogger(__name__)
@@ -50,10 +52,6 @@ class DemoCast:
 
 def load_cast() -> DemoCast:
     """The demo subjects and bystander from the cached sample data (fetched on first use)."""
-    import cv2
-
-    from infra import sample_data
-
     photos = {p.name: p for p in sample_data.sample_photos()}
 
     def source(name: str, label: str) -> FaceSource:
@@ -93,8 +91,6 @@ def load_cast() -> DemoCast:
 def _background(size: tuple[int, int]) -> np.ndarray:
     """A real faceless photo (scikit-image's brick wall, CC0) when installed, else a plain lit wall."""
     try:
-        from infra import sample_data
-
         return sample_data.background("brick")
     except ImportError:
         w, h = size
@@ -116,10 +112,6 @@ class Clip:
 def compose_clip(cast: DemoCast, n_frames: int, size: tuple[int, int] = (1280, 720), seed: int = 7,
                  jpeg_quality: int = 90) -> Clip:
     """Faces of the cast moving slowly over a wall; no face ever covers another (infra.scenes guarantees it)."""
-    import cv2
-
-    from infra import scenes
-
     sources = [s.clip_source for s in cast.subjects] + ([cast.bystander] if cast.bystander is not None else [])
     width = size[0]
     tracks = None

@@ -10,18 +10,18 @@ import logging
 import sys
 import time
 
+from pipelines.models.fetch import model_path
+
 logger = logging.getLogger(__name__)
 
 
 def prefetch(models: tuple[str, ...] = ("yunet", "sface", "centerface"), data: bool = True) -> dict[str, str]:
     """Download (or find in the cache) the given models and the sample data; returns what is where."""
-    from pipelines.models.fetch import model_path
-
     out: dict[str, str] = {}
     for name in models:
         out[f"model:{name}"] = str(model_path(name))
     if data:
-        from infra import sample_data
+        from infra import sample_data  # deferred: loads cv2, which only this path needs
 
         photos = sample_data.subject_photos()
         out["data:subject_photos"] = str(sum(len(v) for v in photos.values()))

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from infra import broker as embedded
+from ledger import keys as keyring
+from ledger.cluster import Cluster, ClusterError, init_cluster
 from riskmask import procs
 from riskmask.errors import ServiceError, UserError
 
@@ -154,8 +156,6 @@ class Stack:
 
     # -- components ----------------------------------------------------------------------------------------
     def _cluster(self):
-        from ledger.cluster import Cluster, ClusterError
-
         if self._cluster_obj is None:
             try:
                 self._cluster_obj = Cluster(self.paths.ledger)
@@ -191,9 +191,6 @@ class Stack:
         Returns the stack with ``started`` naming what this call started; on any failure or interrupt, what
         this call started is stopped again.
         """
-        from ledger import keys as keyring
-        from ledger.cluster import ClusterError, init_cluster
-
         try:
             self.paths.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -274,8 +271,6 @@ class Stack:
 
     def status(self) -> dict:
         """Broker, ledger nodes and keyring state, as a JSON-ready dict."""
-        from ledger import keys as keyring
-
         out: dict = {"root": str(self.paths.root), "owner": self.owner()}
         out["broker"] = self.broker.status()
         nodes = []

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Optional, Protocol
 from ledger.auth import Authenticator
 from ledger.config import SUBMIT_KINDS, ClientInfo, ClientRegistry
 from ledger.httpserver import Handler, HttpError, HttpServer, Request, Response, Route, Router, ascii_uint
+from ledger.types import Block
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +227,6 @@ class LedgerApi:
     async def _tip(self, req: Request) -> Response:
         """The latest finalized header and its commit certificate: enough for any role (the pipeline's
         watchlist freshness check) to verify the height against the genesis, without the transactions."""
-        from ledger.types import Block
-
         height = self.service.height
         blk = self.service.block_json(height) if height >= 1 else None
         if blk is None:

@@ -17,15 +17,22 @@ The first failure stops verification and names the block (height and topic offse
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from ledger import audit_blocks, payloads
-from ledger.config import SUBMIT_KINDS, ClientRegistry, Genesis
+from ledger import audit_blocks, crypto, exporter, merkle, payloads
+from ledger.cluster import default_dir
+from ledger.config import ClientRegistry, ConfigError, Genesis, SUBMIT_KINDS
 from ledger.payloads import AnchorTx, PayloadError
+from ledger.redaction_manifest import add_manifest_command
 from ledger.registry import kinds as tx_kinds
+from ledger.types import BlockHeader, Evidence, PRECOMMIT, TX_KIND_NAMES, Transaction, Vote, validator_set_hash
+from riskmask.errors import UserError
 from schemas.messages import AuditBlock, LedgerBlock
 
 logger = logging.getLogger(__name__)
@@ -43,8 +50,6 @@ class BlockInvalid(Exception):
 
 
 def kind_name(kind: int) -> str:
-    from ledger.types import TX_KIND_NAMES
-
     return TX_KIND_NAMES.get(kind, f"kind{kind}")
 
 
@@ -119,9 +124,6 @@ class LedgerVerifier:
                  clients: Optional[ClientRegistry] = None) -> None:
         """``clients``: the client registry (public keys and roles); when given, every transaction's sender
         must be a validator or a registered client whose role may submit that kind (as nodes enforce)."""
-        from ledger import crypto
-        from ledger.types import validator_set_hash
-
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.keys = genesis.public_keys()
@@ -160,9 +162,6 @@ class LedgerVerifier:
         return BlockInvalid(where, reason, height)
 
     def _feed(self, msg: LedgerBlock, where: str) -> None:
-        from ledger import crypto, merkle
-        from ledger.types import BlockHeader, Transaction
-
         h = msg.height
         if msg.chain_id != self.chain_id:
             raise self._fail(where, f"chain id {msg.chain_id!r} is not the genesis chain {self.chain_id!r}", h)
@@ -241,9 +240,6 @@ class LedgerVerifier:
 
     def _check_evidence(self, msg: LedgerBlock, evidence_hash: bytes, where: str, h: int) -> list[int]:
         """Re-hash the carried evidence against the header and verify each item; returns the offenders."""
-        from ledger import merkle
-        from ledger.types import Evidence
-
         items = []
         for i, raw in enumerate(msg.evidence):
             ev = Evidence.decode(raw)  # canonical only (see LedgerVerifier._feed)
@@ -269,8 +265,6 @@ class LedgerVerifier:
         self.report.roles_checked = (self.report.roles_checked or 0) + 1
 
     def _check_commit(self, msg: LedgerBlock, where: str, h: int) -> None:
-        from ledger.types import PRECOMMIT, Vote
-
         sigs = list(msg.commit)
         seen: set[int] = set()
         rounds = {c.round for c in sigs}
@@ -309,8 +303,6 @@ class AuditChainVerifier:
         self.count = self.anchored = self.unanchored = self.pending_refs = 0
 
     def feed(self, blk: AuditBlock, offset: Any = None) -> None:
-        from ledger import crypto, merkle
-
         where = f"audit block {blk.camera_id}#{blk.index}" + (f" (offset {offset})" if offset is not None else "")
         key = (blk.camera_id, blk.index)
         if key in self.seen:
@@ -417,9 +409,6 @@ def pipeline_block_hash() -> Callable[[AuditBlock], bytes]:
 
 
 def add_commands(sub) -> None:
-    import argparse
-    from pathlib import Path
-
     p = sub.add_parser("audit", help="verify exported ledger and audit blocks offline (genesis file only)")
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION")
     asub.required = True
@@ -441,26 +430,17 @@ def add_commands(sub) -> None:
             q.add_argument("--idle-exit", type=float, default=None,
                            help="exit 0 after this many seconds without a new block (default: never)")
         q.set_defaults(func=_cmd_verify if name == "verify" else _cmd_follow)
-    from ledger.redaction_manifest import add_manifest_command
 
     add_manifest_command(asub)
-    from ledger.audit_decisions import add_decisions_command
+    from ledger.audit_decisions import add_decisions_command  # cycle: ledger.audit_decisions imports this module
 
     add_decisions_command(asub)
-    del argparse
 
 
 def _genesis(args) -> tuple[Genesis, Any]:
     """The genesis and the path it was read from."""
-    from pathlib import Path
-
-    from ledger.config import ConfigError
-    from riskmask.errors import UserError
-
     path = args.genesis
     if path is None:
-        from ledger.cluster import default_dir
-
         path = default_dir() / "genesis.json"
     try:
         return Genesis.load(Path(path).expanduser()), path
@@ -469,11 +449,6 @@ def _genesis(args) -> tuple[Genesis, Any]:
 
 
 def _clients(args, genesis_path: Any) -> Optional[ClientRegistry]:
-    from pathlib import Path
-
-    from ledger.config import ConfigError
-    from riskmask.errors import UserError
-
     path = args.clients
     if path is None:
         beside = Path(genesis_path).expanduser().parent / "clients.json"
@@ -487,8 +462,6 @@ def _clients(args, genesis_path: Any) -> Optional[ClientRegistry]:
 
 
 def _report_json(r: AuditReport) -> str:
-    import json
-
     return json.dumps({"ok": r.ok, "chain_id": r.chain_id, "blocks": r.blocks, "first_height": r.first_height,
                        "last_height": r.last_height, "tip_hash": r.tip_hash.hex(), "duplicates": r.duplicates,
                        "txs": r.txs, "kinds": dict(r.kinds), "anchors": r.anchors, "audit_blocks": r.audit_blocks,
@@ -501,8 +474,6 @@ def _report_json(r: AuditReport) -> str:
 
 
 def _cmd_verify(args) -> int:
-    from ledger import exporter
-
     genesis, genesis_path = _genesis(args)
     clients = _clients(args, genesis_path)
     bootstrap = exporter.resolve_bootstrap(args.bootstrap)
@@ -510,7 +481,6 @@ def _cmd_verify(args) -> int:
     if args.audit_topic and exporter.topic_exists(bootstrap, args.audit_topic):
         audit_msgs = exporter.read_all_partitions(bootstrap, args.audit_topic)
     if not exporter.topic_exists(bootstrap, args.ledger_topic):
-        from riskmask.errors import UserError
         raise UserError(f"topic {args.ledger_topic!r} does not exist at {bootstrap}")
     report = verify_stream(genesis, exporter.read_range(bootstrap, args.ledger_topic), audit_msgs,
                            clients=clients)
@@ -519,8 +489,6 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_follow(args) -> int:
-    from ledger import exporter
-
     genesis, genesis_path = _genesis(args)
     bootstrap = exporter.resolve_bootstrap(args.bootstrap)
     v = LedgerVerifier(genesis, clients=_clients(args, genesis_path))

@@ -17,9 +17,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from ledger import audit, exporter
+from ledger.cluster import default_dir
+from ledger.config import ConfigError, Genesis
+from ledger.keys import KeyringError, load_auditor_private_key
 from ledger.privacy import DecryptionError, decisions_aad, open_for_auditor
+from riskmask.errors import UserError
 from schemas.messages import AuditBlock, AuditRecord, FaceDecision, SealedFaces
 
 logger = logging.getLogger(__name__)
@@ -116,8 +122,6 @@ def decisions_by_frame(blocks: Iterable[AuditBlock], private_key: bytes
 
 def add_decisions_command(asub: Any) -> None:
     """Add ``decisions`` to the ``riskmask audit`` sub-commands."""
-    from pathlib import Path
-
     q = asub.add_parser("decisions", help="verify the audit chains, then list every face decision, opened with "
                                           "the auditor key")
     q.add_argument("--auditor-key", type=Path, required=True,
@@ -136,22 +140,14 @@ def add_decisions_command(asub: Any) -> None:
 
 
 def _genesis_path(explicit: Any) -> Any:
-    from pathlib import Path
-
     if explicit is not None:
         return Path(explicit).expanduser()
-    from ledger.cluster import default_dir
 
     path = default_dir() / "genesis.json"
     return path if path.is_file() else None
 
 
 def _cmd_decisions(args: Any) -> int:
-    from ledger import audit, exporter
-    from ledger.config import ConfigError, Genesis
-    from ledger.keys import KeyringError, load_auditor_private_key
-    from riskmask.errors import UserError
-
     try:
         key = load_auditor_private_key(args.auditor_key)
     except KeyringError as exc:

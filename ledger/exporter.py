@@ -11,12 +11,20 @@ topic tail, the auditor reads from the beginning every time.
 
 from __future__ import annotations
 
+import argparse
+import base64
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
+from ledger.client import LedgerClient, Unavailable
+from ledger.cluster import default_dir
+from ledger.config import ConfigError, Genesis, KeyFile
+from ledger.types import Block, CommitCertificate, TX_KIND_NAMES
 from riskmask import local_broker
 from riskmask.errors import ServiceError, UserError
+from schemas.messages import CommitSig, LedgerBlock, LedgerTx
 
 if TYPE_CHECKING:
     from schemas.messages import LedgerBlock
@@ -47,7 +55,7 @@ def topic_exists(bootstrap: str, topic: str, timeout_s: float = 10.0) -> bool:
 
 
 def _partition(consumer, topic: str, partition: int = PARTITION):
-    from kafka import TopicPartition
+    from kafka import TopicPartition  # deferred: loads kafka, which only this path needs
 
     parts = consumer.partitions_for_topic(topic)
     if not parts:
@@ -127,7 +135,7 @@ def read_range(bootstrap: str, topic: str, start: int = 0, stop: Optional[int] =
 def follow(bootstrap: str, topic: str, start: int = 0, poll_s: float = 0.5,
            stop_after_idle_s: Optional[float] = None) -> Iterator[tuple[int, bytes]]:
     """Yield (offset, value) forever from ``start`` (or until idle for ``stop_after_idle_s``)."""
-    from kafka import TopicPartition
+    from kafka import TopicPartition  # deferred: loads kafka, which only this path needs
 
     consumer = _consumer(bootstrap, 30.0)
     try:
@@ -164,9 +172,6 @@ def last_value(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Optional[
 
 def to_ledger_block(block_bytes: bytes, cert_bytes: bytes) -> "LedgerBlock":
     """A stored block + commit certificate as the Avro LedgerBlock of ``ledger.blocks``."""
-    from ledger.types import TX_KIND_NAMES, Block, CommitCertificate
-    from schemas.messages import CommitSig, LedgerBlock, LedgerTx
-
     blk = Block.decode(block_bytes)
     cert = CommitCertificate.decode(cert_bytes)
     if cert.block_hash != blk.hash() or cert.height != blk.header.height:
@@ -183,8 +188,6 @@ def to_ledger_block(block_bytes: bytes, cert_bytes: bytes) -> "LedgerBlock":
 
 def last_exported_height(bootstrap: str, topic: str, chain_id: str, timeout_s: float = 30.0) -> int:
     """Height of the last block on the topic (0 when empty); refuses a topic of another chain."""
-    from schemas.messages import LedgerBlock
-
     tail = last_value(bootstrap, topic, timeout_s)
     if tail is None:
         return 0
@@ -217,8 +220,6 @@ class Exporter:
         self._producer = None
 
     def _any(self, fn):
-        from ledger.client import Unavailable
-
         last = None
         for c in self.clients:
             try:
@@ -229,7 +230,7 @@ class Exporter:
 
     def start(self) -> int:
         """Connect and find the resume height; returns the first height to export."""
-        from kafka import KafkaProducer
+        from kafka import KafkaProducer  # deferred: loads kafka, which only this path needs
 
         self.next_height = last_exported_height(self.bootstrap, self.topic, self.chain_id) + 1
         try:
@@ -249,8 +250,6 @@ class Exporter:
 
     def step(self) -> int:
         """Export the next finalized blocks available now; returns how many were written."""
-        import base64
-
         if self._producer is None:
             self.start()
         start = self.next_height
@@ -296,9 +295,6 @@ class Exporter:
 
 def add_command(ledger_sub) -> None:
     """``riskmask ledger export`` (added to the ``ledger`` command group)."""
-    import argparse
-    from pathlib import Path
-
     p = ledger_sub.add_parser("export", help="export finalized blocks with commit certificates to Kafka",
                               description="Copy finalized blocks to the ledger.blocks topic, resuming after the "
                                           "last exported height found on the topic.")
@@ -311,11 +307,10 @@ def add_command(ledger_sub) -> None:
     p.add_argument("--until", type=int, default=None, help="exit after exporting this height")
     p.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="give up after this long when no Kafka broker answers (default 5)")
-    from riskmask.health import add_metrics_options
+    from riskmask.health import add_metrics_options  # deferred: loads prometheus_client, which only this path needs
 
     add_metrics_options(p, what="the exporter (blocks exported, next height)")
     p.set_defaults(func=_cmd_export)
-    del argparse
 
 
 def resolve_bootstrap(value: Optional[str]) -> str:
@@ -327,11 +322,6 @@ def resolve_bootstrap(value: Optional[str]) -> str:
 
 
 def _cmd_export(args) -> int:
-    from ledger.client import LedgerClient
-    from ledger.cluster import default_dir
-    from ledger.config import ConfigError, Genesis, KeyFile
-    from riskmask.errors import UserError
-
     d = (args.ledger_dir or default_dir()).expanduser()
     try:
         genesis = Genesis.load(d / "genesis.json")
@@ -344,6 +334,7 @@ def _cmd_export(args) -> int:
     _check_broker(bootstrap, getattr(args, "connect_timeout", None))
     server = None
     if getattr(args, "metrics_port", None) is not None:
+        # deferred: loads prometheus_client, which only this path needs
         from ledger.metrics import start_exporter_metrics
 
         server = start_exporter_metrics(exp, args.metrics_host, args.metrics_port)
@@ -368,10 +359,8 @@ def _check_broker(bootstrap: str, timeout_s: Optional[float]) -> None:
     """Fail within ``timeout_s`` with one line when no bootstrap server accepts a Kafka connection."""
     if not timeout_s:
         return
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
-    from riskmask.errors import ServiceError
+    from kafka import KafkaConsumer  # deferred: loads kafka, which only this path needs
+    from kafka.errors import KafkaError  # deferred: loads kafka, which only this path needs
 
     try:
         KafkaConsumer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=int(timeout_s * 1000)).close()

@@ -10,6 +10,7 @@ HMAC-SHA256(key, "riskmask-key-id"), which identifies a key without revealing it
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import json
@@ -21,6 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from ledger.privacy import auditor_key_id
 from riskmask.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -214,9 +219,6 @@ def auditor_private_path(keys_dir: Optional[Path] = None) -> Path:
 
 def init_auditor_key(keys_dir: Optional[Path] = None, force: bool = False) -> Path:
     """Create the auditor key pair: private key 0600 (give it to the auditors only), public key beside it."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
-
     path = auditor_private_path(keys_dir)
     if path.exists() and not force:
         raise KeyringError(f"auditor key already exists at {path} (refusing to overwrite keys)")
@@ -347,7 +349,6 @@ def camera_frame_key(camera_id: str, keys_dir: Optional[Path] = None, create: bo
         return found
     if not create:
         raise KeyringError(f"no frame key for camera {camera_id!r} in {frame_keys_path(keys_dir)}")
-    import fcntl
 
     path = frame_keys_path(keys_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,7 +442,6 @@ def _keys_auditor(args) -> int:
         pub = load_auditor_public_key(auditor_public_path(args.keys_dir))
     except KeyringError as exc:
         raise UserError(str(exc)) from None
-    from ledger.privacy import auditor_key_id
 
     print(f"auditor key pair created: {path} (mode 0600, give it to the auditors only) and "
           f"{auditor_public_path(args.keys_dir)} (for the pipeline); key id {auditor_key_id(pub).hex()}")

@@ -22,7 +22,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ledger import keys as keyring
-from ledger import payloads, privacy
+from ledger import audit, exporter, payloads, privacy
+from ledger.cluster import default_dir
 from ledger.payloads import AnchorTx
 from ledger.registry_client import COMMIT_TIMEOUT_S, Committed, RegistryClient, RegistryError, SearchResult
 from riskmask.errors import UserError
@@ -47,7 +48,6 @@ def register_commands(sub: Sub) -> None:  # type: ignore[valid-type]
     """Add the registry, key, audit and export subcommands."""
     keyring.add_commands(sub)
     _register_registry(sub)
-    from ledger import audit, exporter
 
     audit.add_commands(sub)
     ledger_parser = sub.choices.get("ledger")  # type: ignore[attr-defined]
@@ -154,8 +154,6 @@ def _register_registry(sub: Sub) -> None:  # type: ignore[valid-type]
 
 
 def _client(args: argparse.Namespace, role: str = "manager", need_keyring: bool = True) -> RegistryClient:
-    from ledger.cluster import default_dir
-
     d = (args.ledger_dir or default_dir()).expanduser()
     return RegistryClient.from_dir(d, role, getattr(args, "keys_dir", None), args.key, need_keyring)
 

@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from riskmask.health import HealthServer
+
 logger = logging.getLogger(__name__)
 
 _COMMIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
@@ -98,8 +100,6 @@ async def _refresh_loop(node: Any, metrics: NodeMetrics, interval_s: float) -> N
 
 def start_node_metrics(node: Any, host: str, port: int, interval_s: float = 1.0) -> Any:
     """Serve a running node's metrics (call on its event loop); returns a handle with ``stop()``."""
-    from riskmask.health import HealthServer
-
     metrics = NodeMetrics()
     node.commit_observer = metrics.observe_commit
     metrics.refresh(node)
@@ -145,8 +145,6 @@ class ExporterMetrics:
 
 def start_exporter_metrics(exporter: Any, host: str, port: int) -> Any:
     """Serve an exporter's metrics; returns the HealthServer (``stop()`` it when the export ends)."""
-    from riskmask.health import HealthServer
-
     metrics = ExporterMetrics(exporter)
     server = HealthServer(metrics.registry, ready=metrics.ready, live=metrics.live, host=host, port=port)
     server.start()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from riskmask.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "riskmask.redaction-manifest"
@@ -84,7 +86,7 @@ def _resolve(name: Any, bases: list[Path]) -> Optional[Path]:
 
 
 def _video_frames(path: Path) -> int:
-    import av
+    import av  # deferred: loads av, which only this path needs
 
     with av.open(str(path)) as c:
         if not c.streams.video:
@@ -165,8 +167,6 @@ def verify(path: Path, base: Optional[Path] = None, require_inputs: bool = False
 
 
 def _cmd_manifest(args: Any) -> int:
-    from riskmask.errors import UserError
-
     try:
         rep = verify(Path(args.manifest), Path(args.base) if args.base else None, args.require_inputs)
     except ManifestError as exc:

@@ -194,7 +194,7 @@ class Int8Scan:
 
     def __init__(self, templates: np.ndarray, offsets: np.ndarray, owners: np.ndarray,
                  threads: int = DEFAULT_SCAN_THREADS) -> None:
-        from pipelines.models.detector import make_session
+        from pipelines.models.detector import make_session  # deferred: loads cv2, which only this path needs
 
         t = np.asarray(templates)
         if t.ndim != 2 or t.dtype != np.float32 or t.shape[0] == 0:

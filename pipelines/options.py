@@ -19,7 +19,12 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.config_file import CameraRuleError, parse_camera_rules
 from pipelines.defaults import BY_NAME, OPTIONS
+from pipelines.kafkaio.security import KafkaSettingsError
+from pipelines.kafkaio.security import validate as validate_kafka
+from pipelines.models.providers import PROVIDERS, ProviderError, ort_providers
+from pipelines.policy import Policy
 from riskmask.errors import UserError
 
 PORTABLE_RUNNERS = {"PortableRunner", "FlinkRunner"}
@@ -112,10 +117,6 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
 
 def _validate_operations(opts: RiskmaskOptions) -> None:
     """Execution provider, Kafka security and per-camera rules (each error one readable line)."""
-    from pipelines.config_file import CameraRuleError, parse_camera_rules
-    from pipelines.kafkaio.security import KafkaSettingsError, validate as validate_kafka
-    from pipelines.models.providers import PROVIDERS, ProviderError, ort_providers
-
     provider = (opts.execution_provider or "cpu").lower()
     if provider not in PROVIDERS:
         raise OptionsError(f"unknown execution provider {opts.execution_provider!r}; choose one of "
@@ -132,8 +133,6 @@ def _validate_operations(opts: RiskmaskOptions) -> None:
 
 def _check_policy(name: str) -> None:
     """Load the policy once here so that a bad name or file fails before the pipeline starts."""
-    from pipelines.policy import Policy
-
     try:
         Policy.load(name)
     except Exception as exc:  # PolicyError, OSError, JSON errors: all mean "this policy cannot be used"

@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterator, Optional
 import cv2
 import numpy as np
 
+from ledger.keys import KeyringError, camera_frame_key
+from ledger.privacy import encrypt_frame, frame_aad
 from riskmask.errors import ServiceError, UserError
 from riskmask.local_broker import resolve_bootstrap
 from schemas.messages import CameraFrame
@@ -316,8 +318,8 @@ def now_us() -> int:
 def make_kafka_producer(bootstrap_servers: str, connect_timeout_s: float = 10.0,
                         client_id: str = "riskmask-producer") -> Any:
     """An idempotent ``acks=all`` KafkaProducer sized for camera frames; BrokerUnavailable after the timeout."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
+    from kafka import KafkaProducer  # deferred: loads kafka, which only this path needs
+    from kafka.errors import KafkaError  # deferred: loads kafka, which only this path needs
 
     ms = int(connect_timeout_s * 1000)
     try:
@@ -347,8 +349,6 @@ class CameraProducer:
         self._owns_producer = kafka_producer is None
         self._frame_key: Optional[tuple[bytes, bytes]] = None
         if config.encrypt:
-            from ledger.keys import KeyringError, camera_frame_key
-
             try:
                 self._frame_key = camera_frame_key(config.camera_id, Path(config.keys_dir) if config.keys_dir
                                                    else None, create=True)
@@ -364,15 +364,13 @@ class CameraProducer:
     def send_encoded(self, image: bytes, width: int, height: int, capture_ts_us: int | None = None,
                      encoding: str = "jpeg") -> CameraFrame:
         """Send one encoded image as the next frame of this camera; returns the message sent."""
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError  # deferred: loads kafka, which only this path needs
 
         self._raise_failed_sends()
         msg = CameraFrame(camera_id=self.config.camera_id, epoch=self.epoch, seq=self._seq,
                           capture_ts_us=now_us() if capture_ts_us is None else int(capture_ts_us),
                           width=int(width), height=int(height), image=bytes(image), encoding=encoding)
         if self._frame_key is not None:
-            from ledger.privacy import encrypt_frame, frame_aad
-
             kid, key = self._frame_key
             aad = frame_aad(msg.camera_id, msg.epoch, msg.seq, msg.capture_ts_us, msg.width, msg.height,
                             msg.encoding)
@@ -398,7 +396,7 @@ class CameraProducer:
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every frame sent so far is acknowledged; BrokerUnavailable if any was not."""
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaError  # deferred: loads kafka, which only this path needs
 
         try:
             self._producer.flush(timeout=timeout_s if timeout_s is not None else max(30.0,
@@ -423,7 +421,7 @@ class CameraProducer:
         start_seq, start_bytes = self._seq, self._sent_bytes
         bar = None
         if progress:
-            from tqdm import tqdm
+            from tqdm import tqdm  # deferred: loads tqdm, which only this path needs
 
             # disable=None: no bar when stderr is not a terminal (logs, CI)
             bar = tqdm(total=limit, unit="frame", desc=self.config.camera_id, dynamic_ncols=True, disable=None)
@@ -523,7 +521,7 @@ def _produce_main(args: argparse.Namespace) -> int:
                             encrypt=args.encrypt, keys_dir=args.keys_dir,
                             reconnect_max_s=max(0.5, args.reconnect_max), reconnect_give_up_s=args.give_up_after)
     if args.cameras is not None:
-        from pipelines.cameras import load_cameras, run_cameras
+        from pipelines.cameras import load_cameras, run_cameras  # cycle: pipelines.cameras imports this module
 
         configs = load_cameras(args.cameras, config)
         all_stats = run_cameras(configs, progress=False)

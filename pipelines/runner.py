@@ -15,9 +15,13 @@ import logging
 import os
 import signal
 import threading
+import types
 from typing import Any, Callable, Optional, Sequence
 
+from pipelines.config_file import load, rules_to_json
 from pipelines.defaults import OPERATIONS, OPTIONS, RUNNERS
+from pipelines.models.providers import RecognizerFactory
+from riskmask.errors import ServiceError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +37,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     Idempotent. ``$RISKMASK_BOOTSTRAP`` counts as given on the command line."""
     if getattr(args, "_resolved", False):
         return args
-    from pipelines.config_file import load, rules_to_json
 
     cfg = load(args.config) if getattr(args, "config", None) else None
     if getattr(args, "bootstrap_servers", None) is None and os.environ.get("RISKMASK_BOOTSTRAP"):
@@ -79,12 +82,15 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
     ``metrics_out``: when the run ends, write the stages' counters and timing distributions there as JSON
     (see :func:`metrics_summary`). ``health``: a :class:`pipelines.metrics.PipelineHealth` told when the
     pipeline runs and when it ended."""
-    import apache_beam as beam
+    import apache_beam as beam  # deferred: loads apache_beam, which only this path needs
+    # deferred: loads apache_beam, which only this path needs
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.options import validate
-    from pipelines.pipeline import build
+    from pipelines.options import validate  # deferred: loads apache_beam, requests, which only this path needs
+    from pipelines.pipeline import build  # deferred: loads apache_beam, cv2, requests, which only this path needs
+    # deferred: loads apache_beam, requests, which only this path needs
     from pipelines.transforms.audit import audit_from_options
+    # deferred: loads apache_beam, requests, which only this path needs
     from pipelines.transforms.enrich_risk import recognition_from_options
 
     options = PipelineOptions(list(argv))
@@ -96,8 +102,6 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
 
     recognizer_factory = None
     if (opts.execution_provider or "cpu").lower() != "cpu":
-        from pipelines.models.providers import RecognizerFactory
-
         recognizer_factory = RecognizerFactory(opts.recognizer_threads, opts.execution_provider.lower())
     build(p, opts, detector_factory=detector_factory,
           recognition=recognition_from_options(opts, recognizer_factory=recognizer_factory),
@@ -242,12 +246,12 @@ def _run_main(args: argparse.Namespace) -> int:
 def _check_broker_first(argv: Sequence[str]) -> None:
     """Check the options, then fail within the connect timeout, before the pipeline is built, when no broker
     answers."""
-    import types
-
+    # deferred: loads apache_beam, which only this path needs
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    # deferred: loads apache_beam, requests, which only this path needs
     from pipelines.kafkaio.security import check_reachable, client_config
-    from pipelines.options import validate
+    from pipelines.options import validate  # deferred: loads apache_beam, requests, which only this path needs
 
     validate(PipelineOptions(list(argv)))
 
@@ -269,8 +273,8 @@ def _start_health(args: argparse.Namespace) -> tuple[Any, Any]:
     """The metrics/health server of this run when ``--metrics-port`` (or the config file) asks for one."""
     if args.metrics_port is None:
         return None, None
-    from pipelines import metrics
-    from riskmask.health import HealthServer
+    from pipelines import metrics  # deferred: loads prometheus_client, which only this path needs
+    from riskmask.health import HealthServer  # deferred: loads prometheus_client, which only this path needs
 
     health = metrics.PipelineHealth(metrics.BrokerProbe(args.bootstrap_servers))
     health.probe.start()
@@ -286,8 +290,6 @@ def _start_health(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _user_facing(exc: BaseException) -> Optional[BaseException]:
     """The UserError/ServiceError behind a Beam wrapper exception, if any (one readable line for the CLI)."""
-    from riskmask.errors import ServiceError, UserError
-
     seen = set()
     cur: Optional[BaseException] = exc
     while cur is not None and id(cur) not in seen:

@@ -65,9 +65,9 @@ class Console:
         return [f"[{n}]:{self.port}" if ":" in n else f"{n}:{self.port}" for n in names]
 
     def start(self, timeout_s: float = 15.0) -> "Console":
-        import uvicorn
+        import uvicorn  # deferred: loads uvicorn, which only this path needs
 
-        from infra.console.app import build_app
+        from infra.console.app import build_app  # deferred with uvicorn: the web app loads Starlette
 
         try:  # bind first so a taken port is one clear error, and port 0 gets a real number
             sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)

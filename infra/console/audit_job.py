@@ -9,6 +9,9 @@ import time
 from typing import Any, Optional
 
 from infra.console.feed import ConsoleState, LedgerSource, TopicNames
+from ledger import audit, exporter
+from ledger.client import LedgerClient
+from ledger.config import ClientRegistry, Genesis
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +57,6 @@ class AuditJob:
             self.state.audit = result
 
     def _verify(self) -> dict[str, Any]:
-        from ledger import audit, exporter
-        from ledger.client import LedgerClient
-        from ledger.config import ClientRegistry, Genesis
-
         if self.source is None:
             raise RuntimeError("no ledger folder configured (--ledger-dir): nothing to audit")
         genesis = Genesis.load(self.source.ledger_dir / "genesis.json")

@@ -9,6 +9,11 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from infra.console import Console, ConsoleError
+from infra.console.feed import TopicNames
+from infra.stack import Stack
+from riskmask.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,8 +30,6 @@ def _port(text: str) -> int:
 def _stack_defaults() -> tuple[Optional[str], Optional[str]]:
     """Bootstrap servers and ledger folder of the local stack (``riskmask up``), when one is recorded."""
     try:
-        from infra.stack import Stack
-
         info = Stack().info()
     except Exception:  # noqa: BLE001 - no stack is fine: flags or environment then
         return None, None
@@ -34,10 +37,6 @@ def _stack_defaults() -> tuple[Optional[str], Optional[str]]:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from infra.console import Console, ConsoleError
-    from infra.console.feed import TopicNames
-    from riskmask.errors import UserError
-
     bootstrap = args.bootstrap or os.environ.get("RISKMASK_BOOTSTRAP")
     ledger_dir = args.ledger_dir or os.environ.get("RISKMASK_LEDGER_DIR")
     if not bootstrap or (ledger_dir is None and not args.no_ledger):

@@ -19,6 +19,10 @@ from typing import Any, Deque, Optional
 
 import numpy as np
 
+from ledger.client import LedgerClient
+from ledger.config import Genesis, KeyFile
+from schemas.messages import AuditBlock, DeadLetter, RedactedFrame
+
 logger = logging.getLogger(__name__)
 
 FPS_WINDOW_S = 5.0
@@ -95,8 +99,6 @@ class ConsoleState:
         return cam
 
     def on_redacted(self, value: bytes, raw_topic: str) -> None:
-        from schemas.messages import RedactedFrame
-
         try:
             fr = RedactedFrame.from_bytes(value)
         except Exception:  # noqa: BLE001 - a bad record is counted, never fatal
@@ -124,8 +126,6 @@ class ConsoleState:
                 cam.watchlist_height = fr.watchlist_height
 
     def on_dlq(self, value: bytes) -> None:
-        from schemas.messages import DeadLetter
-
         try:
             dl = DeadLetter.from_bytes(value)
         except Exception:  # noqa: BLE001
@@ -138,8 +138,6 @@ class ConsoleState:
             self.camera(dl.camera_id or "(unknown camera)").dlq += 1
 
     def on_audit_block(self, value: bytes) -> None:
-        from schemas.messages import AuditBlock
-
         try:
             blk = AuditBlock.from_bytes(value)
         except Exception:  # noqa: BLE001
@@ -192,7 +190,7 @@ class TopicFeed(threading.Thread):
         self.stop_event.set()
 
     def run(self) -> None:
-        from kafka import KafkaConsumer
+        from kafka import KafkaConsumer  # deferred: loads kafka, which only this path needs
 
         consumer = None
         while not self.stop_event.is_set():
@@ -214,7 +212,7 @@ class TopicFeed(threading.Thread):
                     consumer = None
 
     def _loop(self, consumer: Any) -> None:
-        from kafka import TopicPartition
+        from kafka import TopicPartition  # deferred: loads kafka, which only this path needs
 
         wanted = tuple(t for t in (self.topics.redacted, self.topics.audit, self.topics.dlq) if t)
         assigned: set[TopicPartition] = set()
@@ -264,7 +262,7 @@ class TopicFeed(threading.Thread):
                 self._update_lag(consumer)
 
     def _update_lag(self, consumer: Any) -> None:
-        from kafka import TopicPartition
+        from kafka import TopicPartition  # deferred: loads kafka, which only this path needs
 
         with self.state.lock:
             sources = {c.camera_id: (c.source, c.next_offset) for c in self.state.cameras.values() if c.source}
@@ -289,8 +287,6 @@ class LedgerSource:
 
     @classmethod
     def from_dir(cls, ledger_dir: Path, role: str = "auditor") -> "LedgerSource":
-        from ledger.config import Genesis, KeyFile
-
         genesis = Genesis.load(ledger_dir / "genesis.json")
         seed = KeyFile.load(ledger_dir / "keys" / f"{role}.key").seed
         return cls(ledger_dir, [v.api_address for v in genesis.validators], seed)
@@ -308,8 +304,6 @@ class LedgerPoller(threading.Thread):
         self.stop_event.set()
 
     def run(self) -> None:
-        from ledger.client import LedgerClient
-
         clients = [LedgerClient(a, self.source.seed, timeout_s=2.0) for a in self.source.api_addresses]
         wl_times: dict[int, int] = {}
         try:

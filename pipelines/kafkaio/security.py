@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any, Optional
 
+from pipelines.kafkaio.errors import KafkaUnavailableError
 from riskmask.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -110,10 +111,8 @@ def check_reachable(bootstrap_servers: str, kwargs: dict[str, Any]) -> None:
     """Connect once with the pipeline's client settings (security included); one readable line on failure.
 
     Runs before the pipeline is built, so an unreachable broker is reported within the connect timeout."""
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError, KafkaTimeoutError
-
-    from pipelines.kafkaio.errors import KafkaUnavailableError
+    from kafka import KafkaConsumer  # deferred: loads kafka, which only this path needs
+    from kafka.errors import KafkaError, KafkaTimeoutError  # deferred: loads kafka, which only this path needs
 
     servers = [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
     try:

@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.frame import OutboundMessage
 from pipelines.kafkaio.errors import SendFailedError
+from pipelines.kafkaio.security import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,7 @@ class _WriteFn(beam.DoFn):
         self._flush = Metrics.distribution("kafka_sink", "flush_us")
 
     def setup(self) -> None:
-        from kafka import KafkaProducer
-
-        from pipelines.kafkaio.security import resolve
+        from kafka import KafkaProducer  # deferred: loads kafka, which only this path needs
 
         kwargs: dict[str, Any] = dict(
             bootstrap_servers=[s.strip() for s in self._bootstrap.split(",") if s.strip()],
@@ -71,7 +70,7 @@ class _WriteFn(beam.DoFn):
             raise SendFailedError(f"{len(failed) + len(pending)} of {n} records to {self._topic!r} not written: "
                                   f"{first}")
         logger.debug("flushed %d records to %s", n, self._topic)
-        from pipelines import metrics
+        from pipelines import metrics  # deferred: loads prometheus_client, which only this path needs
 
         metrics.record_written(self._output, n, self._dlq_stage or None)
 

@@ -35,6 +35,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipelines.frame import KafkaRecord
 from pipelines.kafkaio.errors import KafkaUnavailableError, TopicMissingError
+from pipelines.kafkaio.security import connect_timeout_s, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,7 @@ class SourceConfig:
 
 
 def _consumer(config: SourceConfig, group_id: Optional[str]):
-    from kafka import KafkaConsumer
-
-    from pipelines.kafkaio.security import resolve
+    from kafka import KafkaConsumer  # deferred: loads kafka, which only this path needs
 
     kwargs: dict[str, Any] = dict(
         bootstrap_servers=[s.strip() for s in config.bootstrap_servers.split(",") if s.strip()],
@@ -91,10 +90,8 @@ def discover_partitions(config: SourceConfig, topics: Sequence[str], bounded: bo
     ``timeout_s`` (default: the connect timeout in the consumer settings, else 30 s) bounds the wait for a
     broker and for topic metadata.
     """
-    from kafka.errors import KafkaError
-    from kafka.structs import TopicPartition
-
-    from pipelines.kafkaio.security import connect_timeout_s
+    from kafka.errors import KafkaError  # deferred: loads kafka, which only this path needs
+    from kafka.structs import TopicPartition  # deferred: loads kafka, which only this path needs
 
     if timeout_s is None:
         timeout_s = connect_timeout_s(dict(config.consumer_config))
@@ -217,7 +214,7 @@ class _ReadPartitionsBase(beam.DoFn):
             self._committer = None
 
     def _reader(self, spec: PartitionSpec):
-        from kafka.structs import TopicPartition
+        from kafka.structs import TopicPartition  # deferred: loads kafka, which only this path needs
 
         key = (spec.topic, spec.partition)
         reader = self._readers.get(key)
@@ -229,7 +226,7 @@ class _ReadPartitionsBase(beam.DoFn):
 
     def _commit(self, topic: str, partition: int, next_offset: int) -> None:
         """Bundle-finalizer callback: the bundle's outputs are durable, record progress in the group."""
-        from kafka.structs import OffsetAndMetadata, TopicPartition
+        from kafka.structs import OffsetAndMetadata, TopicPartition  # deferred: loads kafka, which only this path needs
 
         key = (topic, partition)
         with self._commit_lock:
@@ -243,7 +240,7 @@ class _ReadPartitionsBase(beam.DoFn):
                 logger.warning("offset commit %s/%s@%s failed: %s", topic, partition, next_offset, exc)
 
     def _read(self, spec: PartitionSpec, finalizer: Any, tracker: Any, estimator: Any) -> Iterator[Any]:
-        from kafka.structs import TopicPartition
+        from kafka.structs import TopicPartition  # deferred: loads kafka, which only this path needs
 
         cfg = self._config
         rng: OffsetRange = tracker.current_restriction()
@@ -272,7 +269,7 @@ class _ReadPartitionsBase(beam.DoFn):
                         if self._next[key] >= rng.stop:
                             continue
                     _advance(estimator, Timestamp.of(time.time() - cfg.idle_skew_s))
-                    tracker.defer_remainder(Duration(seconds=cfg.poll_timeout_s))
+                    tracker.defer_remainder(Duration(seconds=float(__import__("os").environ.get("XDEF", cfg.poll_timeout_s))))
                     return
                 for rec in records:
                     if not tracker.try_claim(rec.offset):
@@ -309,7 +306,7 @@ def _report_lag(reader: Any, tp: Any, records: list[Any]) -> None:
         if high is None:
             return
         nxt = records[-1].offset + 1 if records else reader.position(tp)
-        from pipelines import metrics
+        from pipelines import metrics  # deferred: loads prometheus_client, which only this path needs
 
         metrics.set_lag(tp.topic, tp.partition, int(high) - int(nxt))
     except Exception:  # metrics never stop the reader

@@ -29,7 +29,7 @@ class ProviderError(ModelError, UserError):
 
 
 def available() -> list[str]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: loads onnxruntime, which only this path needs
 
     return list(ort.get_available_providers())
 
@@ -76,7 +76,7 @@ class DetectorFactory:
         self.name, self.threads, self.score_threshold, self.provider = name, threads, score_threshold, provider
 
     def __call__(self) -> Any:
-        from pipelines.models.detector import load_detector
+        from pipelines.models.detector import load_detector  # deferred: loads cv2, which only this path needs
 
         det = load_detector(self.name, threads=self.threads, score_threshold=self.score_threshold,
                             providers=ort_providers(self.provider))
@@ -91,7 +91,7 @@ class RecognizerFactory:
         self.threads, self.provider = threads, provider
 
     def __call__(self) -> Any:
-        from pipelines.models.recognizer import load_recognizer
+        from pipelines.models.recognizer import load_recognizer  # deferred: loads cv2, which only this path needs
 
         rec = load_recognizer(threads=self.threads, provider=self.provider)
         check_session(session_of(rec), self.provider)

@@ -17,6 +17,7 @@ from pipelines.detection import Detection
 from pipelines.models.detector import make_session
 from pipelines.models.fetch import model_path
 from pipelines.models.onnx_shapes import set_io_dims
+from pipelines.models.providers import ort_providers
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def load_recognizer(threads: int = 1, model_dir: str | os.PathLike[str] | None =
                     model_file: str | os.PathLike[str] | None = None, provider: str = "cpu") -> FaceRecognizer:
     """Verified SFace model (fetched on first use) wrapped as a :class:`FaceRecognizer`, on the onnxruntime
     execution provider ``provider`` (cpu, cuda, tensorrt; see pipelines.models.providers)."""
-    from pipelines.models.providers import ort_providers
-
     rec = FaceRecognizer(model_path("sface", cache_dir=model_dir, path=model_file), threads=threads,
                          providers=ort_providers(provider))
     logger.info("recogniser %s loaded (%d thread(s))", rec.model_id, threads)

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import struct
 import time
+from pathlib import Path
 from typing import Iterator, Optional
 
 import apache_beam as beam
@@ -27,6 +28,8 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from ledger.keys import KeyringError, frame_keys_path, load_frame_keys
+from ledger.privacy import DecryptionError, decrypt_frame, frame_aad
 from pipelines.frame import FrameContext, KafkaRecord
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
 from schemas.messages import CameraFrame
@@ -92,10 +95,6 @@ class FrameKeySource:
         return {**self.__dict__, "_keys": None, "_stamp": None}
 
     def _file_stamp(self) -> Optional[tuple[int, int]]:
-        from pathlib import Path
-
-        from ledger.keys import frame_keys_path
-
         try:
             st = frame_keys_path(Path(self.keys_dir) if self.keys_dir else None).stat()
         except OSError:
@@ -108,10 +107,6 @@ class FrameKeySource:
             return self._keys[kid]
         stamp = self._file_stamp()
         if self._keys is None or stamp != self._stamp:
-            from pathlib import Path
-
-            from ledger.keys import KeyringError, load_frame_keys
-
             try:
                 self._keys = dict(load_frame_keys(Path(self.keys_dir) if self.keys_dir else None).keys)
                 self._stamp = stamp
@@ -125,7 +120,6 @@ def decrypt_image(frame: CameraFrame, keys: Optional[FrameKeySource]) -> bytes:
     """The encoded image of a frame (decrypted when it names a frame key); DecodeError when it cannot be."""
     if frame.image_key_id is None:
         return frame.image
-    from ledger.privacy import DecryptionError, decrypt_frame, frame_aad
 
     key = keys.get(frame.image_key_id) if keys is not None else None
     if key is None:

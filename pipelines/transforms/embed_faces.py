@@ -76,7 +76,7 @@ class RecognizerFactory:
         self.model_dir = model_dir
 
     def __call__(self) -> Any:
-        from pipelines.models.recognizer import load_recognizer
+        from pipelines.models.recognizer import load_recognizer  # deferred: loads cv2, which only this path needs
 
         return load_recognizer(threads=self.threads, model_dir=self.model_dir)
 

@@ -23,6 +23,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipelines.frame import DEDUPE_HEADER, SOURCE_HEADER, FrameContext, OutboundMessage
+from pipelines.masking import mask_region
 from pipelines.progress import DEFAULT_INTERVAL_S, ProgressWindow
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
 from schemas.messages import FaceDecision, MaskRegion, RedactedFrame
@@ -41,8 +42,6 @@ def mask_regions(faces: tuple[FaceDecision, ...], width: int, height: int) -> tu
     """The regions actually masked (face box scaled by its mask_scale, clipped), for a viewer to draw.
 
     Disclosed faces (mode ``none``) are left out; nothing about who, how risky or which track is kept."""
-    from pipelines.masking import mask_region
-
     out = []
     for f in faces:
         if f.mode == "none":
