@@ -269,7 +269,7 @@ class _ReadPartitionsBase(beam.DoFn):
                         if self._next[key] >= rng.stop:
                             continue
                     _advance(estimator, Timestamp.of(time.time() - cfg.idle_skew_s))
-                    tracker.defer_remainder(Duration(seconds=float(__import__("os").environ.get("XDEF", cfg.poll_timeout_s))))
+                    tracker.defer_remainder(Duration(seconds=cfg.poll_timeout_s))
                     return
                 for rec in records:
                     if not tracker.try_claim(rec.offset):
