@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import signal
-from pathlib import Path
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from ledger.cluster import Cluster, ClusterError
+from tests.byzantine_node import BANNER
 from tests.ledger_util import (anchor_txs, assert_no_fork, committed_on, heights, low_height, make_cluster,
                                submit, top_height, wait_for)
 
 pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -89,18 +93,20 @@ def test_wiped_node_resyncs_from_genesis(cluster):
 
 
 def test_byzantine_validator_safety_liveness_evidence(tmp_path):
+    """Validator 3 runs tests/byzantine_node.py (equivocation, forged signatures, wrong-parent proposals)."""
     c = make_cluster(tmp_path / "byz")
-    cfg_path = c.config_path(3)
-    import json
-
-    cfg = json.loads(cfg_path.read_text())
-    cfg["byzantine"] = True
-    cfg_path.write_text(json.dumps(cfg))
+    honest = [0, 1, 2]
+    byz_log = tmp_path / "byzantine.log"
+    proc = None
     try:
-        c.up(wait_height=1, timeout_s=120)
-        honest = [0, 1, 2]
-        with c.client(3, "auditor") as cl:
-            assert cl.status()["byzantine"] is True
+        c.up(wait_height=1, timeout_s=120, nodes=honest)
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        with open(byz_log, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "tests.byzantine_node", "--config",
+                                     str(c.config_path(3))], cwd=str(REPO), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: BANNER in byz_log.read_text(errors="replace"), 60, "the Byzantine validator to start")
         hashes = submit(c, 0, anchor_txs(c, 30))
         _rising(c, honest, by=8, timeout_s=120)  # covers heights where node 3 proposes (every 4th)
         wait_for(lambda: all(committed_on(c, i, hashes) for i in honest), 60, "txs committed despite node 3")
@@ -118,6 +124,13 @@ def test_byzantine_validator_safety_liveness_evidence(tmp_path):
             with c.client(i, "auditor") as cl:
                 assert all(e["validator"] == 3 for e in cl.evidence()), "an honest validator was accused"
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
         c.down()
 
 
