@@ -1,10 +1,10 @@
-"""Python client of the ledger HTTP API: signs every request with a client key (see :mod:`ledger.auth`).
+"""Python client of the ledger HTTP API: signs every request with a client key (see :mod:`ledger.signing`).
 
 One :class:`LedgerClient` talks to one node over a keep-alive HTTP/1.1 connection (re-opened on failure);
 :class:`ClusterClient` spreads calls over several nodes and fails over when one is down. Errors:
 :class:`ApiError` (the node answered 4xx/5xx, with its reason) and :class:`Unavailable` (no answer).
 
-Every request is signed for one node (its validator public key, see :mod:`ledger.auth`). Give ``node_id``
+Every request is signed for one node (its validator public key, see :mod:`ledger.signing`). Give ``node_id``
 from genesis where the caller has it (:meth:`LedgerClient.for_validator`); otherwise the client asks the
 node once (``GET /v1/node``). Addresses ``https://host:port`` use TLS, verified against ``ca_file`` or the
 PEM file named by ``$RISKMASK_LEDGER_CA`` (else the system's trust store).
@@ -23,7 +23,7 @@ import time
 from typing import Any, Iterable, Optional, Sequence
 from urllib.parse import urlencode
 
-from ledger.auth import ANY_NODE, sign_request
+from ledger.signing import ANY_NODE, sign_request
 from ledger.config import KeyFile, parse_address
 
 CA_ENV = "RISKMASK_LEDGER_CA"

@@ -234,6 +234,19 @@ def test_importing_the_ledger_client_side_loads_no_pipeline_or_infra_module() ->
     assert out.stdout.strip() == ""
 
 
+def test_the_ledger_client_side_loads_nothing_of_the_node() -> None:
+    """What a client (pipeline stage, manager command) imports of the ledger brings no HTTP server, API,
+    node, p2p or store with it: request signing (ledger.signing) is apart from the server's authenticator."""
+    code = ("import sys\n"
+            "import ledger.client, ledger.registry_client, ledger.watchlist, ledger.privacy, ledger.keys\n"
+            "server = ('ledger.httpserver', 'ledger.auth', 'ledger.api', 'ledger.node', 'ledger.p2p', 'ledger.store',"
+            " 'ledger.mempool', 'ledger.registry.service', 'ledger.registry.endpoints')\n"
+            "print(','.join(sorted(m for m in sys.modules if m in server)))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
 def test_no_leftover_or_test_only_files_in_the_product() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert [p for p in tracked.splitlines() if p.endswith(".orig")] == []
