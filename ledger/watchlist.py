@@ -17,8 +17,17 @@ last from then on. When no reachable node serves the certified height, :class:`W
 pipeline then treats its watchlist as stale at once (the strongest mask for every face), rather than trusting
 an old copy until a clock runs out. Queries are spread over the nodes (a rotating first node).
 
-A node can still lie about the content at the height it claims (the registry state has no root in the
-header): the freshness check bounds how old a served watchlist can be, not whether a node omits records.
+Content is confirmed by f + 1 nodes, not believed from one. The pipeline keeps, beside the decrypted
+entries, the registry state the watchlist stands for (per pseudonym the version, status, height, transaction
+hash and a hash of the sealed record: :mod:`ledger.registry.digest`). A sync builds the state that would
+result from the records a node served (all changes since the last confirmed height, so incremental syncs are
+covered like full ones), computes its digest, and applies the records only when f + 1 distinct nodes report
+that digest at the height served: the serving node with the ``digest`` of its page, the others through
+``GET /v1/registry/digest?height=H`` (a node not yet at ``H`` is waited for up to ``catch_up_s``). One of
+f + 1 nodes is honest, so a node that leaves a record out (a risk downgrade, an erasure) cannot get its
+watchlist applied alone. A node whose digest differs from the confirmed one at the same height, or whose page
+does not match the digest it reports, is recorded in ``disputed_nodes`` and asked last, like a lagging one.
+When no served watchlist reaches f + 1 agreement, :class:`WatchlistStale` is raised (strongest mask).
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ledger import privacy
+from ledger.client import ApiError, LedgerClient, Unavailable
+from ledger.errors import LedgerError
+from ledger.registry.digest import entry_of_record, state_digest
+from ledger.types import BlockHeader, CommitCertificate, verify_commit
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +94,43 @@ class Watchlist:
         self._versions: dict[bytes, int] = {}
         self._lock = threading.Lock()
         self.height = 0
+        # the confirmed registry state this watchlist stands for: pseudonym -> (version, digest entry)
+        self._state: dict[bytes, tuple[int, bytes]] = {}
+
+    def state_after(self, records: Iterable[Mapping[str, Any]]) -> dict[bytes, tuple[int, bytes]]:
+        """The registry state that applying ``records`` (served changes) to the confirmed state would give;
+        raises ``ledger.registry.digest.DigestError`` (a ValueError) on a malformed record."""
+        state = dict(self._state)
+        for rec in records:
+            p, version, e = entry_of_record(rec)
+            cur = state.get(p)
+            if cur is None or version >= cur[0]:
+                state[p] = (version, e)
+        return state
+
+    @staticmethod
+    def digest_of(state: Mapping[bytes, tuple[int, bytes]]) -> bytes:
+        return state_digest(e for _, e in state.values())
+
+    def state_digest(self) -> bytes:
+        """The digest of the confirmed registry state (what f + 1 nodes reported at ``height``)."""
+        return self.digest_of(self._state)
+
+    def commit(self, state: dict[bytes, tuple[int, bytes]], records: Iterable[Mapping[str, Any]],
+               height: int) -> int:
+        """Apply confirmed records and make ``state`` (from :meth:`state_after`) the confirmed state at
+        ``height``; returns the number of records."""
+        n = 0
+        for rec in records:
+            self.apply_record(rec)
+            n += 1
+        self._state = state
+        self.height = max(self.height, height)
+        return n
+
+    def wanted_version(self, pseudonym: bytes) -> Optional[int]:
+        """The version of a subject the watchlist could not open yet, None if it is not unresolved."""
+        return self._unresolved.get(pseudonym)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -148,9 +198,6 @@ class Watchlist:
 
 def verify_tip(doc: Mapping[str, Any], chain_id: str, public_keys: Sequence[bytes]) -> int:
     """The height of a ``GET /v1/tip`` answer whose commit certificate verifies (raises ValueError if not)."""
-    from ledger.errors import LedgerError
-    from ledger.types import BlockHeader, CommitCertificate, verify_commit
-
     try:
         header = BlockHeader.decode(base64.b64decode(doc["header"], validate=True))
         cert = CommitCertificate.decode(base64.b64decode(doc["cert"], validate=True))
@@ -191,6 +238,8 @@ class WatchlistSync:
         self.seen_height = 0        # highest certified height seen from any node
         self.confirmed_height = -1  # certified height the last successful sync reached
         self.stale_nodes: dict[str, tuple[int, int]] = {}  # address -> (served height, certified height)
+        # address -> (height, digest hex it reported there) for nodes contradicting f + 1 others
+        self.disputed_nodes: dict[str, tuple[int, str]] = {}
         self._flagged_at: dict[str, float] = {}
         self._turn = 0
 
@@ -212,8 +261,6 @@ class WatchlistSync:
 
     def certified_tip(self, order: Sequence[Any]) -> int:
         """The highest certified height among ``tip_sources`` distinct nodes (and every height seen before)."""
-        from ledger.client import ApiError, Unavailable
-
         got: dict[str, int] = {}
         behind: dict[str, int] = {}
         for c in order:
@@ -241,44 +288,92 @@ class WatchlistSync:
             raise TipUnavailable(f"{len(got)} of the {self.tip_sources} certified tips needed")
         return self.seen_height
 
-    def _pull(self, client: Any, certified: int) -> tuple[Optional[int], int]:
-        """Apply every change since the last height from ``client``: (records applied, or None when the node
-        serves a height below ``certified``; the height it served)."""
-        applied = 0
+    def _fetch(self, client: Any, certified: int) -> tuple[list[dict], int, Optional[str]]:
+        """Every change since the confirmed height from ``client``: (records, the height served, the state
+        digest the node reports at that height). Stops early, with no records, when it serves a height
+        below ``certified``."""
+        records: list[dict] = []
         since = self.watchlist.height
         while True:
             page = client.request("GET", "/v1/registry/watchlist", query={"since": since})
             served = int(page["height"])
             if served < certified:
-                if applied:
+                if records:
                     logger.warning("ledger node %s went back to height %d during a sync", client.address, served)
-                return None, served
-            for rec in page["records"]:
-                self.watchlist.apply_record(rec)
-                applied += 1
+                return [], served, None
+            records.extend(page["records"])
             since = int(page["next_since"])
             if page["complete"]:
                 break
-        self.watchlist.height = max(self.watchlist.height, since)
-        return applied, served
+        claimed = page.get("digest")
+        return records, served, claimed if isinstance(claimed, str) else None
+
+    def _dispute(self, client: Any, height: int, digest: str, why: str) -> None:
+        if client.address not in self.disputed_nodes:
+            logger.warning("ledger node %s %s at height %d: its watchlist is not used", client.address, why, height)
+        self.disputed_nodes[client.address] = (height, digest)
+        self._flagged_at[client.address] = time.monotonic()
+
+    def _confirm(self, source: Any, height: int, digest: str, claimed: Optional[str], order: Sequence[Any],
+                 claims: dict[str, tuple[int, str]]) -> bool:
+        """Whether ``tip_sources`` distinct nodes report ``digest`` at ``height`` (the source by its page's
+        ``claimed`` digest); answers are kept in ``claims`` (address -> (height, digest)) for this sync."""
+        agree = {source.address} if claimed == digest else set()
+        pending = [c for c in order if c is not source]
+        deadline = time.monotonic() + self.catch_up_s
+        while True:
+            waiting = []
+            for c in pending:
+                if len(agree) >= self.tip_sources:
+                    return True
+                known = claims.get(c.address)
+                if known is None or known[0] != height:
+                    try:
+                        doc = c.request("GET", "/v1/registry/digest", query={"height": height})
+                        got = doc["digest"]
+                        if not isinstance(got, str):
+                            raise TypeError("digest is not a string")
+                    except ApiError as exc:
+                        if exc.status == 409:  # not at that height yet
+                            waiting.append(c)
+                        continue
+                    except Unavailable:
+                        continue
+                    except (KeyError, TypeError) as exc:
+                        logger.warning("ledger node %s served a malformed digest: %s", c.address, type(exc).__name__)
+                        continue
+                    known = claims[c.address] = (height, got)
+                if known[1] == digest:
+                    agree.add(c.address)
+            if len(agree) >= self.tip_sources:
+                return True
+            if not waiting or time.monotonic() >= deadline:
+                logger.info("the watchlist of ledger node %s at height %d: %d of %d nodes report its digest",
+                            source.address, height, len(agree), self.tip_sources)
+                return False
+            pending = waiting
+            time.sleep(0.1)
 
     def sync(self) -> int:
-        """Pull every change since the last synced height from a node at the certified tip; returns the number
-        of records applied. Raises :class:`WatchlistStale` when only nodes behind it answer,
-        :class:`TipUnavailable` or ``ledger.client.Unavailable`` when too few nodes answer at all."""
-        from ledger.client import ApiError, Unavailable
-
+        """Pull every change since the last synced height from a node at the certified tip, and apply it once
+        f + 1 nodes confirm the digest of the resulting state; returns the number of records applied. Raises
+        :class:`WatchlistStale` when only nodes behind the certified tip answer or no served watchlist is
+        confirmed, :class:`TipUnavailable` or ``ledger.client.Unavailable`` when too few nodes answer at all."""
         order = self._order()
         certified = self.certified_tip(order)
         deadline = time.monotonic() + self.catch_up_s
         behind: dict[str, int] = {}
+        claims: dict[str, tuple[int, str]] = {}  # address -> (height, digest) reported during this sync
+        unconfirmed: dict[str, int] = {}
         last: Optional[Exception] = None
         candidates = order
         while True:
             retry = []
             for c in candidates:
                 try:
-                    applied, served = self._pull(c, certified)
+                    records, served, claimed = self._fetch(c, certified)
+                    if served >= certified:
+                        state = self.watchlist.state_after(records)
                 except (Unavailable, ApiError) as exc:
                     last = exc
                     continue
@@ -287,11 +382,27 @@ class WatchlistSync:
                                    type(exc).__name__)
                     last = exc
                     continue
-                if applied is None:
+                if served < certified:
                     retry.append(c)
                     behind[c.address] = served
                     continue
+                digest = self.watchlist.digest_of(state).hex()
+                if claimed is not None:
+                    claims[c.address] = (served, claimed)
+                    if claimed != digest:  # its page is not the state it vouches for
+                        self._dispute(c, served, claimed, "served a watchlist page that does not match its digest")
+                        unconfirmed[c.address] = served
+                        continue
+                if not self._confirm(c, served, digest, claimed, order, claims):
+                    unconfirmed[c.address] = served
+                    continue
+                for other in order:  # contradicted f + 1 nodes, one of them honest
+                    seen = claims.get(other.address)
+                    if seen is not None and seen[0] == served and seen[1] != digest:
+                        self._dispute(other, served, seen[1], "reports a registry state digest f + 1 nodes contradict")
+                applied = self.watchlist.commit(state, records, served)
                 self.stale_nodes.pop(c.address, None)
+                self.disputed_nodes.pop(c.address, None)
                 self._flagged_at.pop(c.address, None)
                 for other in retry:  # passed over this time (often one block behind): asked last for a while
                     self._lagging(other, behind[other.address], certified, logging.INFO)
@@ -299,32 +410,37 @@ class WatchlistSync:
                 applied += self._retry_unresolved()
                 self.last_sync = time.time()
                 return applied
-            if not retry:
-                break
-            if time.monotonic() >= deadline:
-                for c in retry:
-                    self._lagging(c, behind[c.address], certified)
-                raise WatchlistStale(f"no reachable ledger node serves the watchlist at the certified height "
-                                     f"{certified}", certified, behind)
-            candidates = retry
-            time.sleep(0.1)
+            if retry and time.monotonic() < deadline:
+                candidates = retry
+                time.sleep(0.1)
+                continue
+            for c in retry:
+                self._lagging(c, behind[c.address], certified)
+            if retry or unconfirmed:
+                what = (f"{len(unconfirmed)} served watchlist(s) without f + 1 nodes reporting its digest"
+                        if unconfirmed else "none at it")
+                raise WatchlistStale(f"no reachable ledger node serves a confirmed watchlist at the certified "
+                                     f"height {certified} ({what})", certified, {**behind, **unconfirmed})
+            break
         raise last if last is not None else Unavailable("no ledger node reachable")
 
     def _retry_unresolved(self) -> int:
         """Ask every node for subjects we could not open (a node may have missed a key upload); nodes caught
-        lagging are asked last, and an older version than the one wanted is never applied."""
-        from ledger.client import ApiError, Unavailable
-
+        lagging are asked last, and only the version the confirmed state names is applied."""
         fixed = 0
-        order = ([c for c in self.clients if c.address not in self.stale_nodes]
-                 + [c for c in self.clients if c.address in self.stale_nodes])
+        bad = set(self.stale_nodes) | set(self.disputed_nodes)
+        order = [c for c in self.clients if c.address not in bad] + [c for c in self.clients if c.address in bad]
         for p in list(self.watchlist.unresolved):
             for c in order:
                 try:
                     rec = c.request("GET", f"/v1/registry/subjects/{p.hex()}")
                 except (ApiError, Unavailable):
                     continue
-                if self.watchlist.apply_record(rec):
+                try:  # only the version the confirmed state names: never an older or a newer one
+                    usable = rec["status"] == "live" and int(rec["version"]) == self.watchlist.wanted_version(p)
+                except (KeyError, TypeError, ValueError):
+                    usable = False
+                if usable and self.watchlist.apply_record(rec):
                     fixed += 1
                     break
         return fixed
@@ -336,8 +452,6 @@ def from_cluster(addresses: Iterable[str], seed: bytes, keks: Mapping[bytes, byt
     """A sync over signed clients of the given node API addresses (pipeline key); tips are verified against
     the genesis validator ``public_keys``. ``node_ids`` (one per address, from genesis) pins the node each
     client signs for instead of asking the node."""
-    from ledger.client import LedgerClient
-
     addresses = list(addresses)
     ids: Sequence[Optional[str]] = list(node_ids) if node_ids is not None else [None] * len(addresses)
     if len(ids) != len(addresses):

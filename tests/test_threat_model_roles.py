@@ -37,6 +37,7 @@ ENDPOINTS = [
     ("GET", "/v1/blocks?from=1&to=1", b"", {"manager", "auditor", "validator"}),
     ("GET", "/v1/evidence", b"", {"auditor", "validator"}),
     ("GET", "/v1/registry/watchlist?since=0", b"", {"manager", "pipeline", "validator"}),
+    ("GET", "/v1/registry/digest?height=0", b"", {"manager", "pipeline", "validator"}),
     ("GET", f"/v1/registry/subjects/{HASH}", b"", {"manager", "pipeline", "validator"}),
     ("GET", f"/v1/registry/anchors/{HASH}", b"", ALL),
     ("PUT", "/v1/registry/keys", json.dumps({"pseudonym": HASH, "wrapped": "AA=="}).encode(),

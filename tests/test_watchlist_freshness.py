@@ -26,6 +26,7 @@ from ledger import keys as keyring
 from ledger import privacy
 from ledger.config import parse_address
 from ledger.manager_cli import RegistryClient
+from ledger.registry.digest import digest_of_records
 from ledger.types import Block
 from pipelines.frame import FrameContext
 from pipelines.matching import MATCHED, STALE
@@ -46,6 +47,7 @@ class FakeNode:
     def __init__(self, address: str, node_id: str, watchlist: dict, tip: dict, subjects: dict[str, dict]) -> None:
         self.watchlist, self.tip, self.subjects = watchlist, tip, subjects
         self.requests: list[str] = []
+        self.claims: dict[int, str] = {}  # height -> digest it claims instead of the one of its records
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,8 +64,15 @@ class FakeNode:
                     recs = [r for r in fake.watchlist["records"] if r["height"] > since]
                     h = fake.watchlist["height"]
                     body = {"height": h, "since": since, "next_since": max(h, since), "complete": True,
-                            "records": recs}
+                            "records": recs, "digest": fake.digest_at(h)}
                     self._send(200, body)
+                elif url.path == "/v1/registry/digest":
+                    h = int(parse_qs(url.query).get("height", [str(fake.watchlist["height"])])[0])
+                    if h > fake.watchlist["height"]:
+                        self._send(409, {"error": f"height {h} not applied yet"})
+                    else:
+                        self._send(200, {"height": h, "applied_height": fake.watchlist["height"],
+                                         "digest": fake.digest_at(h)})
                 elif url.path == "/v1/node":  # it claims to be the validator whose address it took
                     self._send(200, {"node_id": node_id, "index": 0, "chain_id": "", "tls": False})
                 elif url.path == "/v1/tip":
@@ -97,6 +106,12 @@ class FakeNode:
         self.server.daemon_threads = True
         self.address = f"{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def digest_at(self, height: int) -> str:
+        """The state digest of its records at ``height`` (or the digest it was told to claim there)."""
+        if height in self.claims:
+            return self.claims[height]
+        return digest_of_records(self.watchlist["records"], upto=height).hex()
 
     def __enter__(self) -> "FakeNode":
         self.thread.start()
@@ -242,6 +257,7 @@ def _record(p: bytes, version: int, height: int, risk: int, kek: bytes, kid: byt
     record = privacy.SubjectRecord.make(risk=risk, suspect=risk > 80, templates=[template])
     sealed = privacy.seal_record(record, CHAIN, p, version, kek, kid)
     return {"pseudonym": p.hex(), "status": "live", "version": version, "height": height,
+            "tx_hash": hashlib.sha256(p + version.to_bytes(8, "big")).hexdigest(),
             "nonce": base64.b64encode(sealed.nonce).decode(),
             "ciphertext": base64.b64encode(sealed.ciphertext).decode(),
             "wrapped_key": base64.b64encode(sealed.wrapped_key).decode()}
@@ -324,7 +340,10 @@ def test_lagging_node_is_passed_over_and_all_lagging_is_stale() -> None:
         assert stale.is_stale(1002.0, 30.0) and stale.height == 10  # stale now, not in 30 s
         fr, _ = enrich_frame(_frame(template), stale, 1002.0, RiskConfig())
         assert fr.tracked[0].identity == STALE
-        # a node that catches up within catch_up_s is waited for, not declared stale
+        # one node at 14 is not enough: the content at a height needs f + 1 nodes reporting its digest
         nodes[2].watchlist = {"height": 14, "records": old + new}
-        fresh = source.sync(stale, 1003.0)
-        assert not fresh.is_stale(1003.0, 30.0) and sync.confirmed_height == 14
+        assert source.sync(stale, 1003.0).is_stale(1003.0, 30.0) and sync.confirmed_height == 10
+        # a second node catching up while the sync waits (within catch_up_s) confirms it
+        threading.Timer(0.1, lambda: nodes[3].__setattr__("watchlist", {"height": 14, "records": old + new})).start()
+        fresh = source.sync(stale, 1004.0)
+        assert not fresh.is_stale(1004.0, 30.0) and sync.confirmed_height == 14 and fresh.height == 14

@@ -12,6 +12,10 @@ The node drives it through an ABCI-like interface:
   the table refuses (it can only be there if a quorum misbehaved) or that the state does not allow has no
   effect, on every node alike (apply is deterministic).
 
+Each block that changes a subject records the registry state digest at its height (:mod:`ledger.registry.digest`,
+in the index's transaction); :meth:`RegistryService.digest_json` serves it and each watchlist page carries the
+digest at the page's height, so a client can check a watchlist against f + 1 nodes.
+
 Wrapped data keys: a manager uploads a subject's wrapped key before its transaction commits
 (:meth:`RegistryService.upload_key`); on commit it moves to the node store's ``wrapped_keys`` table, on
 erasure it is deleted there (crypto-shredding). A node that missed an upload lists it in ``missing_keys``;
@@ -180,7 +184,7 @@ class RegistryService:
         for p, w in final_key.items():
             if w is None:
                 self.keys.delete_wrapped_key(p)
-        self.index.execute_block(height, ops)
+        self.index.execute_block(height, ops, changed=[p for p in final_key])
         for p, w in final_key.items():
             if w is not None:
                 self.keys.put_wrapped_key(p, w, height)
@@ -250,12 +254,24 @@ class RegistryService:
             if wrapped is not None and key_commitment(wrapped) != row["commitment"]:
                 wrapped = None
             out.append(_subject_out(row, wrapped))
+        at = self.index.digest_at(applied)
         return {"height": applied, "since": since, "next_since": next_since,
-                "complete": next_since >= applied, "records": out}
+                "complete": next_since >= applied, "records": out,
+                "digest": at[0].hex() if at is not None else None}
+
+    def digest_json(self, height: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """The registry state digest at ``height`` (default: the applied height); None when this node has not
+        applied that height yet or kept no digest that old."""
+        h = self.index.applied_height if height is None else height
+        at = self.index.digest_at(h)
+        if at is None:
+            return None
+        digest, subjects, applied = at
+        return {"height": h, "applied_height": applied, "digest": digest.hex(), "subjects": subjects}
 
     def install(self, api: Any) -> None:
         """Add the registry endpoints to a :class:`ledger.api.LedgerApi` (:mod:`ledger.registry.endpoints`)."""
-        from ledger.registry.endpoints import install
+        from ledger.registry.endpoints import install  # cycle: ledger.registry.endpoints imports this module
 
         install(self, api)
 
