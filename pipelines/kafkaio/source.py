@@ -70,6 +70,9 @@ class SourceConfig:
     consumer_config: tuple[tuple[str, Any], ...] = ()
 
 
+FETCH_MAX_WAIT_MS = 50
+
+
 def _consumer(config: SourceConfig, group_id: Optional[str]):
     from kafka import KafkaConsumer  # deferred: loads kafka, which only this path needs
 
@@ -77,7 +80,10 @@ def _consumer(config: SourceConfig, group_id: Optional[str]):
         bootstrap_servers=[s.strip() for s in config.bootstrap_servers.split(",") if s.strip()],
         group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
         fetch_max_bytes=config.max_fetch_bytes, max_partition_fetch_bytes=config.max_fetch_bytes,
-        request_timeout_ms=30_000, reconnect_backoff_max_ms=1000, client_id="riskmask-source")
+        request_timeout_ms=30_000, reconnect_backoff_max_ms=1000, client_id="riskmask-source",
+        # A fetch that finds nothing waits this long on the broker before it returns (kafka-python's default,
+        # 500 ms, added up to half a second to a live camera's latency: p50 464 -> 265 ms at 2 x 3 frames/s).
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
     kwargs.update(resolve(dict(config.consumer_config)))
     return KafkaConsumer(**kwargs)
 

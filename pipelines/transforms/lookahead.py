@@ -4,9 +4,9 @@ The runner drives one fused chain per bundle on one thread. OpenCV and onnxrunti
 whose work is mostly theirs (detection, JPEG encoding) can hand frame k to a worker and let the runner thread
 go on with frame k+1 through the other stages: the second core is used. A DoFn owns one :class:`Lookahead`:
 
-* :meth:`submit` queues one element's work and returns the results that must leave now (the oldest, once more
-  than ``depth`` are in flight), each as a ``WindowedValue`` with the element's own timestamp and window, or a
-  ``TaggedOutput`` wrapping one;
+* :meth:`submit` queues one element's work and returns the results that leave now (the oldest while more than
+  ``depth`` are in flight or while it is already done), each as a ``WindowedValue`` with the element's own
+  timestamp and window, or a ``TaggedOutput`` wrapping one;
 * :meth:`drain` (from ``finish_bundle``) returns every result still in flight, so a bundle's outputs are all
   emitted before the runner commits its offsets, exactly as without workers;
 * work with the same ``lane`` runs on the same worker, in submission order (per-camera state stays ordered);
@@ -65,7 +65,8 @@ class Lookahead:
             yield self._finish(work())
             return
         self._pending.append((self._pool(lane).submit(work), timestamp, window))
-        while len(self._pending) > self.depth:
+        # The oldest leaves when too many are in flight, or as soon as it is done (latency at low rates).
+        while self._pending and (len(self._pending) > self.depth or self._pending[0][0].done()):
             yield self._emit()
 
     def drain(self) -> Iterator[Any]:
