@@ -27,7 +27,10 @@ that digest at the height served: the serving node with the ``digest`` of its pa
 f + 1 nodes is honest, so a node that leaves a record out (a risk downgrade, an erasure) cannot get its
 watchlist applied alone. A node whose digest differs from the confirmed one at the same height, or whose page
 does not match the digest it reports, is recorded in ``disputed_nodes`` and asked last, like a lagging one.
-When no served watchlist reaches f + 1 agreement, :class:`WatchlistStale` is raised (strongest mask).
+When no served watchlist reaches f + 1 agreement, :class:`WatchlistStale` is raised (strongest mask);
+before that, a sync whose incremental read nobody confirms reads the whole watchlist again, since the state
+it holds may be the one that is wrong. Two different digests at one height, each reported by f + 1 nodes,
+prove more than f faulty nodes: the sync raises :class:`WatchlistStale` rather than pick one.
 """
 
 from __future__ import annotations
@@ -71,10 +74,12 @@ class WatchlistStale(Exception):
     """No reachable node serves the watchlist at the certified tip (or only nodes behind a certified height
     already seen answer): the watchlist can no longer be shown current and must be treated as stale."""
 
-    def __init__(self, reason: str, certified: int, served: Mapping[str, int]) -> None:
+    def __init__(self, reason: str, certified: int, served: Mapping[str, int],
+                 unconfirmed: Optional[Mapping[str, int]] = None) -> None:
         super().__init__(reason)
         self.certified = certified
-        self.served = dict(served)
+        self.served = dict(served)  # address -> height, of nodes behind the certified height
+        self.unconfirmed = dict(unconfirmed or {})  # address -> height, of watchlists f + 1 nodes did not confirm
 
 
 class TipUnavailable(Exception):
@@ -97,10 +102,11 @@ class Watchlist:
         # the confirmed registry state this watchlist stands for: pseudonym -> (version, digest entry)
         self._state: dict[bytes, tuple[int, bytes]] = {}
 
-    def state_after(self, records: Iterable[Mapping[str, Any]]) -> dict[bytes, tuple[int, bytes]]:
-        """The registry state that applying ``records`` (served changes) to the confirmed state would give;
-        raises ``ledger.registry.digest.DigestError`` (a ValueError) on a malformed record."""
-        state = dict(self._state)
+    def state_after(self, records: Iterable[Mapping[str, Any]],
+                    base: Optional[Mapping[bytes, tuple[int, bytes]]] = None) -> dict[bytes, tuple[int, bytes]]:
+        """The registry state that applying ``records`` (served changes) to the confirmed state (or ``base``)
+        would give; raises ``ledger.registry.digest.DigestError`` (a ValueError) on a malformed record."""
+        state = dict(self._state if base is None else base)
         for rec in records:
             p, version, e = entry_of_record(rec)
             cur = state.get(p)
@@ -127,6 +133,15 @@ class Watchlist:
         self._state = state
         self.height = max(self.height, height)
         return n
+
+    def reset(self) -> None:
+        """Forget every entry and the confirmed state (before a confirmed full read replaces them)."""
+        with self._lock:
+            self._entries.clear()
+            self._unresolved.clear()
+            self._versions.clear()
+            self._state = {}
+            self.height = 0
 
     def wanted_version(self, pseudonym: bytes) -> Optional[int]:
         """The version of a subject the watchlist could not open yet, None if it is not unresolved."""
@@ -288,12 +303,11 @@ class WatchlistSync:
             raise TipUnavailable(f"{len(got)} of the {self.tip_sources} certified tips needed")
         return self.seen_height
 
-    def _fetch(self, client: Any, certified: int) -> tuple[list[dict], int, Optional[str]]:
-        """Every change since the confirmed height from ``client``: (records, the height served, the state
-        digest the node reports at that height). Stops early, with no records, when it serves a height
-        below ``certified``."""
+    def _fetch(self, client: Any, certified: int, since: int) -> tuple[list[dict], int, Optional[str]]:
+        """Every change after height ``since`` from ``client``: (records, the height served, the state digest
+        the node reports at that height). Stops early, with no records, when it serves a height below
+        ``certified``."""
         records: list[dict] = []
-        since = self.watchlist.height
         while True:
             page = client.request("GET", "/v1/registry/watchlist", query={"since": since})
             served = int(page["height"])
@@ -356,24 +370,39 @@ class WatchlistSync:
 
     def sync(self) -> int:
         """Pull every change since the last synced height from a node at the certified tip, and apply it once
-        f + 1 nodes confirm the digest of the resulting state; returns the number of records applied. Raises
-        :class:`WatchlistStale` when only nodes behind the certified tip answer or no served watchlist is
-        confirmed, :class:`TipUnavailable` or ``ledger.client.Unavailable`` when too few nodes answer at all."""
+        f + 1 nodes confirm the digest of the resulting state; returns the number of records applied. When no
+        incremental read is confirmed, the whole watchlist is read again (the held state may itself be what
+        f + 1 nodes contradict). Raises :class:`WatchlistStale` when only nodes behind the certified tip answer
+        or no served watchlist is confirmed, :class:`TipUnavailable` or ``ledger.client.Unavailable`` when too
+        few nodes answer at all."""
         order = self._order()
         certified = self.certified_tip(order)
+        claims: dict[str, tuple[int, str]] = {}  # address -> (height, digest) reported during this sync
+        try:
+            return self._read(order, certified, self.watchlist.height == 0, claims)
+        except WatchlistStale as exc:
+            if not exc.unconfirmed or self.watchlist.height == 0:
+                raise
+            logger.warning("no incremental watchlist read was confirmed by f + 1 nodes at height %d: reading the "
+                           "whole watchlist again", certified)
+            return self._read(order, certified, True, claims)
+
+    def _read(self, order: Sequence[Any], certified: int, full: bool, claims: dict[str, tuple[int, str]]) -> int:
+        """One pass of :meth:`sync`: the changes since the confirmed height (``full``: every record, on an
+        empty state), from the first node whose result f + 1 nodes confirm."""
         deadline = time.monotonic() + self.catch_up_s
         behind: dict[str, int] = {}
-        claims: dict[str, tuple[int, str]] = {}  # address -> (height, digest) reported during this sync
         unconfirmed: dict[str, int] = {}
         last: Optional[Exception] = None
+        base: Optional[dict] = {} if full else None
         candidates = order
         while True:
             retry = []
             for c in candidates:
                 try:
-                    records, served, claimed = self._fetch(c, certified)
+                    records, served, claimed = self._fetch(c, certified, 0 if full else self.watchlist.height)
                     if served >= certified:
-                        state = self.watchlist.state_after(records)
+                        state = self.watchlist.state_after(records, base)
                 except (Unavailable, ApiError) as exc:
                     last = exc
                     continue
@@ -389,17 +418,29 @@ class WatchlistSync:
                 digest = self.watchlist.digest_of(state).hex()
                 if claimed is not None:
                     claims[c.address] = (served, claimed)
-                    if claimed != digest:  # its page is not the state it vouches for
-                        self._dispute(c, served, claimed, "served a watchlist page that does not match its digest")
+                    if claimed != digest:
                         unconfirmed[c.address] = served
+                        if full:  # its page is not the state it vouches for (on an incremental read the
+                            # state held may be what differs)
+                            self._dispute(c, served, claimed, "served a watchlist that does not match its digest")
                         continue
                 if not self._confirm(c, served, digest, claimed, order, claims):
                     unconfirmed[c.address] = served
                     continue
+                at = [d for h, d in claims.values() if h == served]
+                rival = [d for d in set(at) if d != digest and at.count(d) >= self.tip_sources]
+                if rival:  # two states each vouched for by f + 1 nodes: more than f nodes are faulty
+                    logger.error("ledger nodes report %d different registry state digests at height %d, each from "
+                                 "f + 1 nodes: more than f nodes are faulty; the watchlist is stale", 1 + len(rival),
+                                 served)
+                    raise WatchlistStale(f"conflicting registry state digests at height {served}, each reported by "
+                                         f"f + 1 nodes", certified, behind)
                 for other in order:  # contradicted f + 1 nodes, one of them honest
                     seen = claims.get(other.address)
                     if seen is not None and seen[0] == served and seen[1] != digest:
                         self._dispute(other, served, seen[1], "reports a registry state digest f + 1 nodes contradict")
+                if full:
+                    self.watchlist.reset()
                 applied = self.watchlist.commit(state, records, served)
                 self.stale_nodes.pop(c.address, None)
                 self.disputed_nodes.pop(c.address, None)
@@ -420,7 +461,7 @@ class WatchlistSync:
                 what = (f"{len(unconfirmed)} served watchlist(s) without f + 1 nodes reporting its digest"
                         if unconfirmed else "none at it")
                 raise WatchlistStale(f"no reachable ledger node serves a confirmed watchlist at the certified "
-                                     f"height {certified} ({what})", certified, {**behind, **unconfirmed})
+                                     f"height {certified} ({what})", certified, behind, unconfirmed)
             break
         raise last if last is not None else Unavailable("no ledger node reachable")
 

@@ -102,6 +102,7 @@ def test_node_omitting_a_record_at_the_certified_height_is_not_believed() -> Non
                   f"watchlist height {idx.height}")
             assert not idx.is_stale(1005.0, 30.0) and idx.height == 10
             assert face.identity == MATCHED and face.risk == 20, "the omitting node was believed"
+            print(f"disputed nodes {sync.disputed_nodes} (the liar: {nodes[0].address})")
             assert nodes[0].address in sync.disputed_nodes
             assert all(n.address not in sync.disputed_nodes for n in nodes[1:])
 
@@ -166,4 +167,5 @@ def test_incremental_sync_omitting_an_erasure_is_not_believed() -> None:
         print(f"after the erasure: subject {'present' if sync.watchlist.get(p) else 'gone'}; "
               f"height {sync.watchlist.height}")
         assert sync.watchlist.get(p) is None, "the omitted erasure was believed"
+        print(f"disputed nodes {sync.disputed_nodes} (the liar: {nodes[1].address})")
         assert sync.confirmed_height == 10 and nodes[1].address in sync.disputed_nodes

@@ -168,10 +168,42 @@ def test_live_lying_node_omitting_a_downgrade_is_never_believed(tmp_path: Any) -
                 liar_reads += liar.requests.count("/v1/registry/watchlist") > before
                 risks.append(sync.watchlist.entries()[0].risk)
                 time.sleep(0.2)
-            print(f"risks over 8 syncs {risks}; syncs that read the liar's watchlist {liar_reads}; "
-                  f"disputed {sync.disputed_nodes}; stale {sync.stale_nodes}")
+            print(f"risks over 8 syncs {risks}; syncs that read the liar's watchlist {liar_reads}")
             assert liar_reads >= 1  # the liar was asked for its watchlist (first, in the first sync)
-            assert risks == [20] * 8
+            assert risks == [20] * 8, "the omitting node was believed"
+            print(f"disputed {sync.disputed_nodes}; stale {sync.stale_nodes}")
             assert list(sync.disputed_nodes) == [cluster.api_address(0)]
     finally:
         cluster.down()
+
+
+def test_two_colluding_nodes_omitting_a_record_pass_until_honest_digests_are_seen_then_stale() -> None:
+    """More than f liars (2 of 4) asked first confirm each other's omission; a later sync that also hears the
+    two honest nodes' digest at that height sees two states each vouched for by f + 1 nodes and treats the
+    watchlist as stale (strongest mask), never as current. Once the liars no longer vouch for that height, a
+    whole re-read confirmed by the honest nodes replaces the state they had confirmed."""
+    import os
+
+    from ledger.watchlist import WatchlistStale
+    from tests.test_watchlist_freshness import Chain, _nodes, _record, _sync
+
+    chain = Chain()
+    kek, kid = os.urandom(32), b"kid-0001"
+    template = np.random.default_rng(13).standard_normal(128).astype(np.float32)
+    p = os.urandom(32)
+    old = [_record(p, 1, 5, 95, kek, kid, template)]
+    new = [_record(p, 2, 9, 20, kek, kid, template)]
+    nodes = _nodes(chain, [(10, 10, old), (10, 10, old), (10, 10, old + new), (10, 10, old + new)])
+    with nodes[0], nodes[1], nodes[2], nodes[3]:
+        sync = _sync(chain, nodes, {kid: kek}, catch_up_s=0.3)
+        sync.sync()  # asks nodes 0 and 1 first: their omission is confirmed by each other
+        first = sync.watchlist.get(p).risk
+        with pytest.raises(WatchlistStale, match="conflicting"):
+            sync.sync()  # node 1 first, then the honest nodes 2 and 3 report another digest
+        print(f"two liars asked first: risk {first}; next sync: stale (conflicting digests)")
+        assert first == 95
+        for liar in nodes[:2]:  # the liars stop vouching for height 10 (restarted, behind at 6)
+            liar.tip, liar.watchlist = chain.tip(6), {"height": 6, "records": old}
+        sync.sync()  # the incremental read cannot be confirmed; a whole re-read from nodes 2 and 3 is
+        print(f"liars behind: risk {sync.watchlist.get(p).risk}, height {sync.watchlist.height}")
+        assert sync.watchlist.get(p).risk == 20 and sync.watchlist.height == 10
