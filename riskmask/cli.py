@@ -11,14 +11,21 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from riskmask import __version__
 from riskmask.errors import ServiceError, UserError
-from pipelines.enrolment import face_templates
 from riskmask.logjson import LOG_FORMATS, configure
 
 COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.cli", "infra.console.cli")
+
+
+def face_templates(photos: Sequence[Path], model_dir: Optional[Path] = None) -> list[Any]:
+    """The pipeline's face templates of registration photos (:func:`pipelines.enrolment.face_templates`)."""
+    from pipelines.enrolment import face_templates as embed  # deferred: loads numpy; only `register --photo` needs it
+
+    return embed(photos, model_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
