@@ -17,7 +17,7 @@ import pytest
 from ledger import keys as keyring
 from ledger import privacy
 from ledger.client import ApiError, LedgerClient
-from ledger.registry.digest import EMPTY_DIGEST, digest_of_records, entry
+from ledger.registry.digest import EMPTY_DIGEST, digest_of_records, entry, state_digest
 from ledger.registry.state import RegistryIndex
 from ledger.registry_client import RegistryClient
 from ledger.watchlist import Watchlist, WatchlistSync
@@ -100,8 +100,6 @@ def test_index_made_before_digests_starts_them_at_its_applied_height(tmp_path: A
     want = {p: entry(p, 1, "live", 3, b"\x0a" * 32, b"n" * 12, b"ct-p")}
     assert idx.digest_range() == (3, 3)
     assert idx.digest_at(2) is None and idx.digest_at(4) is None
-    from ledger.registry.digest import state_digest
-
     assert idx.digest_at(3) == (state_digest(want.values()), 1, 3)
     idx.execute_block(5, [(row, (q, 1, b"m" * 12, b"ct-q", 5, b"\x0b" * 32))], changed=[q])
     want[q] = entry(q, 1, "live", 5, b"\x0b" * 32, b"m" * 12, b"ct-q")
