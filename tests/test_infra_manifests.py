@@ -311,7 +311,7 @@ def test_driver_command_leaves_the_job_endpoint_to_the_entry_point() -> None:
 
 def test_kafka_partitions_set_the_parallelism_and_topics_match_the_code() -> None:
     from infra.broker import DEFAULT_TOPICS
-    from pipelines import options
+    from pipelines import defaults as options  # the settings' one declaration
 
     script = _services()["kafka-init"]["command"][0]
     created = {m.group(1): int(m.group(2))
@@ -335,7 +335,7 @@ def test_kafka_partitions_set_the_parallelism_and_topics_match_the_code() -> Non
 
 
 def test_kafka_runs_in_kraft_mode_and_accepts_whole_frames() -> None:
-    from pipelines.options import DEFAULT_MAX_FRAME_BYTES
+    from pipelines.defaults import DEFAULT_MAX_FRAME_BYTES
 
     kafka = _services()["kafka"]
     env = kafka["environment"]
