@@ -72,7 +72,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     q.set_defaults(func=_cmd_node)
 
     try:
-        from ledger import manager_cli
+        from ledger import manager_cli  # deferred: the manager's privacy module loads only for `ledger init`
     except ImportError as exc:  # the registry commands are optional for running a cluster
         logger.debug("registry commands unavailable: %s", exc)
     else:
@@ -96,7 +96,7 @@ def _add_connect_timeout(sub: "argparse._SubParsersAction[argparse.ArgumentParse
 
 def _with_broker_check(func):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
-        from ledger.exporter import _check_broker, resolve_bootstrap
+        from ledger.exporter import _check_broker, resolve_bootstrap  # deferred: kafka loads only for `ledger export`
 
         _check_broker(resolve_bootstrap(getattr(args, "bootstrap", None)), args.connect_timeout)
         return func(args)
@@ -195,6 +195,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from ledger.node import run_node
+    from ledger.node import run_node  # deferred: the node (asyncio, consensus, store) loads only for `ledger node`
 
     return run_node(args.config, metrics_port=args.metrics_port, metrics_host=args.metrics_host)

@@ -316,8 +316,6 @@ class NodeConfig:
     # Optional HTTPS for the API: PEM certificate (chain) and private key; both or neither.
     api_tls_cert: str = ""
     api_tls_key: str = ""
-    # Test hook: a Byzantine validator equivocates, forges signatures and proposes wrong-parent blocks.
-    byzantine: bool = False
     log_level: str = "INFO"
 
     _NUMERIC = {"timeout_propose", "timeout_propose_delta", "timeout_prevote", "timeout_prevote_delta",
@@ -368,10 +366,6 @@ class NodeConfig:
                 if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 31:
                     raise _fail(where, f"{k} must be a positive integer")
                 kw[k] = v
-        if "byzantine" in data:
-            if not isinstance(data["byzantine"], bool):
-                raise _fail(where, "byzantine must be true or false")
-            kw["byzantine"] = data["byzantine"]
         if "log_level" in data:
             if data["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 raise _fail(where, "log_level must be DEBUG, INFO, WARNING or ERROR")

@@ -84,11 +84,6 @@ class LedgerNode(BlockSync, NodeView):
         if self.registry is not None:
             self.registry.install(self.api)
         self.p2p = p2p.P2P(self.genesis, cfg.index, self.key, self._on_frame, self._on_connect)
-        self.byzantine = None
-        if cfg.byzantine:
-            from ledger.byzantine import Byzantine
-
-            self.byzantine = Byzantine(self)
         self.consensus: Optional[ConsensusState] = None
         self._events: collections.deque = collections.deque()
         self._drain_task: Optional[asyncio.Task] = None
@@ -120,8 +115,9 @@ class LedgerNode(BlockSync, NodeView):
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _make_registry(self) -> Any:
+        # deferred: the registry application loads only on nodes that serve it
         from ledger.registry.service import RegistryService
-        from ledger.registry.state import RegistryIndex
+        from ledger.registry.state import RegistryIndex  # deferred: as above
 
         index = RegistryIndex(self.cfg.data_dir / "registry.db")
         return RegistryService(index, self.store, lambda: self.store.height, role_of=self._sender_role)
@@ -260,10 +256,7 @@ class LedgerNode(BlockSync, NodeView):
                 if self._is_quiet():
                     continue
                 mtype = p2p.T_PROPOSAL if isinstance(a.message, Proposal) else p2p.T_VOTE
-                if self.byzantine is not None:
-                    self.byzantine.broadcast(mtype, a.message, a.data)
-                else:
-                    self.p2p.broadcast(mtype, a.data)
+                self.p2p.broadcast(mtype, a.data)
             elif isinstance(a, ScheduleTimeout):
                 asyncio.get_running_loop().call_later(a.duration_s, self._fire,
                                                       TimeoutFired(a.kind, a.height, a.round))
@@ -559,7 +552,7 @@ async def _serve(cfg: NodeConfig, metrics_port: Optional[int] = None, metrics_ho
         raise ConfigError(f"node {cfg.index} cannot listen: {exc.strerror or exc}") from None
     metrics = None
     if metrics_port is not None:  # /metrics, /healthz, /readyz (ledger.metrics)
-        from ledger.metrics import start_node_metrics
+        from ledger.metrics import start_node_metrics  # deferred: prometheus-client loads only with --metrics-port
 
         try:
             metrics = start_node_metrics(node, metrics_host, metrics_port)

@@ -26,7 +26,6 @@ class NodeView:
     p2p: Any
     cfg: Any
     chain_id: str
-    byzantine: Any
     _last_hash: bytes
     _last_time: int
     _merkle_cache: "collections.OrderedDict[int, tuple]"
@@ -44,8 +43,7 @@ class NodeView:
         return {"index": self.cfg.index, "chain_id": self.chain_id, "height": self.store.height,
                 "round": self._round(), "step": STEP_NAMES.get(step, str(step)),
                 "peers": self.p2p.connected(), "last_block_time_ms": self._last_time if self.store.height else 0,
-                "last_block_hash": self._last_hash.hex(), "mempool": len(self.mempool),
-                "byzantine": self.byzantine is not None}
+                "last_block_hash": self._last_hash.hex(), "mempool": len(self.mempool)}
 
     def block_json(self, height: int) -> Optional[dict]:
         b = self.store.get_block(height)

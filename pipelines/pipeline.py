@@ -47,6 +47,7 @@ def build(p: beam.Pipeline, opts: RiskmaskOptions, detector_factory: Optional[Ca
     decoded = records | "Decode" >> Decode(opts.max_frame_bytes, keys_dir=getattr(opts, "keys_dir", None))
     frames = decoded["frames"] | "MarkDecode" >> _Mark("decode")
     if detector_factory is None and (getattr(opts, "execution_provider", None) or "cpu").lower() != "cpu":
+        # deferred: onnxruntime provider checks only for a non-CPU provider
         from pipelines.models.providers import DetectorFactory
 
         detector_factory = DetectorFactory(opts.detector, opts.detector_threads, opts.detector_threshold,
@@ -88,7 +89,7 @@ class _MarkFn(beam.DoFn):
         self._stage = stage
 
     def process(self, element: Any) -> Iterator[Any]:
-        from pipelines import metrics
+        from pipelines import metrics  # deferred: prometheus-client loads only with --metrics-port
 
         try:
             if isinstance(element, KafkaRecord):
@@ -114,12 +115,14 @@ def _Mark(stage: Optional[str]) -> beam.PTransform:  # noqa: N802 (reads like a 
 
 def kafka_client_config(opts: Any) -> dict[str, Any]:
     """kafka-python settings shared by the source and the sinks: security (SASL/SSL) and connect timeout."""
+    # deferred: Kafka security settings load only when a pipeline is built
     from pipelines.kafkaio.security import client_config
 
     return client_config(opts)
 
 
 def _mask_kwargs(opts: Any) -> dict[str, Any]:
+    # deferred: cycle, config_file reads this module's option table
     from pipelines.config_file import camera_rules_from_options
 
     rules = camera_rules_from_options(opts)

@@ -97,6 +97,7 @@ class _DetectFn(beam.DoFn):
         if self._factory is not None:
             self._detector = self._factory()
         else:
+            # deferred: onnxruntime loads in setup() on the worker, not at import
             from pipelines.models.detector import load_detector
 
             self._detector = load_detector(self._name, threads=self._threads, score_threshold=self._threshold)
