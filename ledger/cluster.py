@@ -205,6 +205,9 @@ class NodeState:
     error: str = ""
 
 
+STARTING_GRACE_S = 5.0
+
+
 def _is_our_node(pid: int, config: Path) -> bool:
     """True when ``pid`` runs ``ledger.node`` with this config (guards against recycled pids)."""
     cmd = procs.cmdline(pid)
@@ -290,9 +293,17 @@ class Cluster:
             pid = int(self.pid_path(i).read_text().strip())
         except (OSError, ValueError):
             return None
-        if procs.pid_alive(pid) and _is_our_node(pid, self.config_path(i)):
+        if not procs.pid_alive(pid):
+            return None
+        if _is_our_node(pid, self.config_path(i)):
             return pid
-        return None
+        # Between fork and exec a just-started child still shows its parent's command line (longer under
+        # load: the pre-exec hook runs Python): a pid file written moments ago names a node still starting.
+        try:
+            young = time.time() - self.pid_path(i).stat().st_mtime < STARTING_GRACE_S
+        except OSError:
+            young = False
+        return pid if young else None
 
     def start_node(self, i: int, extra_args: tuple[str, ...] = (), metrics_port: Optional[int] = None) -> int:
         """Start node ``i`` detached (own session, log file); returns its pid. No-op when already running.
