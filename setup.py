@@ -13,8 +13,8 @@ setup(
                                     "schemas.*", "ledger", "ledger.*", "infra", "infra.*"]),
     package_data={
         "schemas": ["*.avsc"],
-        "pipelines": ["policies/*.json", "models/*.json"],
-        "ledger": ["*.yaml", "*.json"],
+        "pipelines": ["masking/policies/*.json", "models/*.json"],
+        "ledger": ["rpc/*.yaml"],
         "infra": ["**/*.yaml", "**/*.yml", "**/Dockerfile", "**/*.toml", "console/static/*"],
     },
     install_requires=[

@@ -1,12 +1,12 @@
-"""Mutation check of the auditor: disable each check of ``ledger/audit.py`` in turn and run its tests.
+"""Mutation check of the auditor: disable each check of ``ledger/audit/verifier.py`` in turn and run its tests.
 
 A *check* is every ``if`` whose body raises (the condition is replaced by ``False``: the check never fires),
 every ``if`` whose body accepts early with ``return`` right before a ``raise`` (replaced by ``True``: always
 accepted), and every ``try`` around a single call whose handlers raise (the call is removed). Each mutant is
-written to a temporary copy of the module and loaded as ``ledger.audit`` in a fresh interpreter before
+written to a temporary copy of the module and loaded as ``ledger.audit.verifier`` in a fresh interpreter before
 pytest runs the given test files. A mutant whose tests still pass *survives*: that check is not tested.
 
-    python bench/audit_mutation.py                   # tests/test_audit.py, survivors listed, exit 1 if any
+    python bench/audit_mutation.py                   # tests/ledger/test_audit.py, survivors listed, exit 1 if any
     python bench/audit_mutation.py --json out.json   # also write the per-check results
 """
 
@@ -30,11 +30,11 @@ TARGET = ROOT / "ledger" / "audit.py"
 _LOADER = """
 import importlib.util, sys
 import ledger
-spec = importlib.util.spec_from_file_location("ledger.audit", sys.argv[1])
+spec = importlib.util.spec_from_file_location("ledger.audit.verifier", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
-sys.modules["ledger.audit"] = mod
+sys.modules["ledger.audit.verifier"] = mod
 spec.loader.exec_module(mod)
-ledger.audit = mod
+ledger.audit.verifier = mod
 import pytest
 sys.exit(pytest.main(sys.argv[2:]))
 """
@@ -122,7 +122,7 @@ def run(test_files: list[str], python: str = sys.executable) -> list[Mutant]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("tests", nargs="*", default=["tests/test_audit.py"], help="test files (default: %(default)s)")
+    ap.add_argument("tests", nargs="*", default=["tests/ledger/test_audit.py"], help="test files (default: %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="write the per-check results here")
     ap.add_argument("--list", action="store_true", help="only list the checks found")
     args = ap.parse_args(argv)

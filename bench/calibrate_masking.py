@@ -31,12 +31,12 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.detection import Detection  # noqa: E402
-from pipelines.masking import apply_mask  # noqa: E402
+from pipelines.masking.filters import apply_mask  # noqa: E402
+from pipelines.masking.policy import (MaskDecision, Policy, calibration_violations, gaussian_kernel_for,  # noqa: E402
+                                      spec_digest)
+from pipelines.models.detection import Detection  # noqa: E402
 from pipelines.models.detector import load_detector  # noqa: E402
 from pipelines.models.recognizer import MATCH_THRESHOLD, load_recognizer  # noqa: E402
-from pipelines.policy import (MaskDecision, Policy, calibration_violations, gaussian_kernel_for,  # noqa: E402
-                             spec_digest)
 
 logger = logging.getLogger("calibrate_masking")
 
@@ -202,7 +202,7 @@ def markdown(result: dict) -> str:
     out += ["## Does each policy keep its word?", "",
             "Only suspects may be identifiable: every non-suspect decision (unknown subject, each group's "
             "non-suspect) must stay below the match threshold for every face at every size, unless the policy "
-            "explicitly discloses that group (`tests/test_policy_calibration.py` checks the committed JSON).", ""]
+            "explicitly discloses that group (`tests/pipelines/test_policy_calibration.py` checks the committed JSON).", ""]
     for label, pol in _policies().items():
         bad = calibration_violations(result, pol)
         out.append(f"- `{label}`: " + ("keeps it." if not bad else f"**{len(bad)} violation(s)**, e.g. {bad[0]}"))

@@ -1,6 +1,6 @@
 """Change-gated detection settings on the CCTV clip: detection ms per 720p frame and ground-truth coverage.
 
-Runs the default detector (YuNet + tiny-face pass, one thread) through :mod:`pipelines.change_gate` with several
+Runs the default detector (YuNet + tiny-face pass, one thread) through :mod:`pipelines.tracking.change_gate` with several
 settings, and once on every full frame, over the same frames of ``infra.cctv_scene.default_cctv_clip``. A
 ground-truth face counts as covered when a box covers at least half of it. Writes
 bench/results/change_gate_bench.json. Usage: ``python bench/change_gate_bench.py [--frames 100]``
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=100)
     args = ap.parse_args(argv)
     from infra.cctv_scene import default_cctv_clip
-    from pipelines.change_gate import ChangeGate, GateConfig, gated_detect
     from pipelines.models.detector import load_detector
+    from pipelines.tracking.change_gate import ChangeGate, GateConfig, gated_detect
 
     clip = default_cctv_clip(args.frames)
     det = load_detector("yunet", threads=1)

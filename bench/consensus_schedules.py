@@ -20,10 +20,9 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from ledger_sim import Network  # noqa: E402
+from tests.ledger_sim import Network  # noqa: E402
 
 KINDS = ("reorder", "drop", "byzantine", "byzantine+drop", "crash-restart")
 

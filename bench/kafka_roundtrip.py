@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from infra import broker as embedded
-from pipelines.producer import CameraProducer, ProducerConfig, make_kafka_producer
+from pipelines.ingest.producer import CameraProducer, ProducerConfig, make_kafka_producer
 from schemas.messages import CameraFrame
 
 logger = logging.getLogger("bench.kafka_roundtrip")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ledger import crypto  # noqa: E402
-from ledger.client import LedgerClient  # noqa: E402
-from ledger.cluster import Cluster, init_cluster  # noqa: E402
-from ledger.types import TX_ANCHOR, Transaction  # noqa: E402
+from ledger.client.api_client import LedgerClient  # noqa: E402
+from ledger.ops.cluster import Cluster, init_cluster  # noqa: E402
+from ledger.types import crypto  # noqa: E402
+from ledger.types.block import TX_ANCHOR, Transaction  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -18,13 +18,12 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from ledger import crypto, merkle  # noqa: E402
 from ledger.consensus import BlockContent  # noqa: E402
-from ledger.types import Block, Transaction  # noqa: E402
-from ledger_sim import Network, client_txs  # noqa: E402
+from ledger.types import crypto, merkle  # noqa: E402
+from ledger.types.block import Block, Transaction  # noqa: E402
+from tests.ledger_sim import Network, client_txs  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:

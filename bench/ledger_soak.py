@@ -31,11 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ledger import crypto  # noqa: E402
-from ledger.client import ApiError, LedgerClient, Unavailable  # noqa: E402
-from ledger.cluster import Cluster, init_cluster  # noqa: E402
+from ledger.client.api_client import ApiError, LedgerClient, Unavailable  # noqa: E402
 from ledger.errors import LedgerError  # noqa: E402
-from ledger.types import TX_ANCHOR, CommitCertificate, Transaction, verify_commit  # noqa: E402
+from ledger.ops.cluster import Cluster, init_cluster  # noqa: E402
+from ledger.types import crypto  # noqa: E402
+from ledger.types.block import TX_ANCHOR, CommitCertificate, Transaction, verify_commit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SOAK_OVERRIDES = {"block_interval": 0.3, "timeout_propose": 1.5, "timeout_prevote": 0.5,

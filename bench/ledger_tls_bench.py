@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ledger_bench  # noqa: E402
 
-from ledger.client import CA_ENV  # noqa: E402
-from ledger.cluster import Cluster, init_cluster  # noqa: E402
+from ledger.client.api_client import CA_ENV  # noqa: E402
+from ledger.ops.cluster import Cluster, init_cluster  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -9,9 +9,9 @@ pipeline's budget per worker) before numpy is imported. Prints a table and write
                                    [--evict-mb 0]
 
 Two paths run side by side on the same queries, alternating in chunks of 10 calls so that load from other
-processes hits both alike: the float32 reference (:func:`pipelines.matching.match`; one query streams the whole
+processes hits both alike: the float32 reference (:func:`pipelines.recognition.matching.match`; one query streams the whole
 100,000 x 128 float32 matrix, 51 MB) and the int8 scan with float32 rescoring
-(:class:`pipelines.matching_int8.Int8Scan`, 12.8 MB per query), built at every size so the cut-over
+(:class:`pipelines.recognition.matching_int8.Int8Scan`, 12.8 MB per query), built at every size so the cut-over
 (``FAST_SCAN_MIN_TEMPLATES``) can be read off the table. ``index_path`` says which one
 ``WatchlistIndex.match`` uses at that size; ``int8_build_s`` is the extra cost of a watchlist sync. Every
 call's decisions (identity and subject) are compared between the two paths. ``--evict-mb 64`` writes a
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from pipelines.matching import MatchConfig, l2_normalise, match
-    from pipelines.matching_int8 import DEFAULT_SCAN_THREADS, Int8Scan
-    from pipelines.watchlist_index import FAST_SCAN_MIN_TEMPLATES, Subject, WatchlistIndex
+    from pipelines.recognition.matching import MatchConfig, l2_normalise, match
+    from pipelines.recognition.matching_int8 import DEFAULT_SCAN_THREADS, Int8Scan
+    from pipelines.recognition.watchlist_index import FAST_SCAN_MIN_TEMPLATES, Subject, WatchlistIndex
 
     def pct(ms: list[float], p: float) -> float:
         return round(sorted(ms)[min(len(ms) - 1, int(len(ms) * p))], 4)

@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from infra.sample_data import astronaut  # noqa: E402
-from pipelines.detection import Detection  # noqa: E402
-from pipelines.masking import apply_mask  # noqa: E402
+from pipelines.masking.filters import apply_mask  # noqa: E402
+from pipelines.masking.policy import Policy  # noqa: E402
+from pipelines.models.detection import Detection  # noqa: E402
 from pipelines.models.detector import load_detector  # noqa: E402
 from pipelines.models.recognizer import MATCH_THRESHOLD, load_recognizer  # noqa: E402
-from pipelines.policy import Policy  # noqa: E402
 
 PANEL = 256
 FONT = cv2.FONT_HERSHEY_SIMPLEX

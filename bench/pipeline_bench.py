@@ -43,7 +43,6 @@ from typing import Optional
 
 import cv2
 import numpy as np
-
 from chart import bar_chart
 from results_io import host_info, now_utc, write_result
 
@@ -108,9 +107,9 @@ def jpeg(image: np.ndarray) -> bytes:
 
 
 def bare_loop(jpegs: list[bytes], n: int) -> dict:
-    from pipelines.masking import apply_mask
+    from pipelines.masking.filters import apply_mask
+    from pipelines.masking.policy import Policy
     from pipelines.models.detector import load_detector
-    from pipelines.policy import Policy
 
     det, policy = load_detector("yunet", threads=1), Policy.load("default")
     for data in jpegs[:2]:  # warm-up

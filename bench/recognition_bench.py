@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from chart import bar_chart
 from results_io import host_info, now_utc, write_result
 
@@ -47,8 +46,9 @@ logger = logging.getLogger("bench.recognition")
 
 def make_clip(cast: Any, n_faces: int, n_frames: int, seed: int) -> list[bytes]:
     """JPEGs of ``n_faces`` faces (the cast's clip faces and the astronaut, cycled) moving smoothly."""
-    from infra import sample_data, scenes
     from pipeline_bench import jpeg
+
+    from infra import sample_data, scenes
 
     sources = [s.clip_source for s in cast.subjects] + [cast.bystander, sample_data.astronaut_source()]
     sources = [s for s in sources if s is not None]
@@ -68,8 +68,9 @@ def make_clip(cast: Any, n_faces: int, n_frames: int, seed: int) -> list[bytes]:
 
 def register(info: Any, cast: Any) -> int:
     """Register the cast's subjects (fictional roles) on the ledger; returns how many."""
-    from ledger import manager_cli, privacy
-    from pipelines import enrolment
+    from ledger.client import privacy
+    from ledger.ops import manager_cli
+    from pipelines.recognition import enrolment
 
     client = manager_cli.RegistryClient.from_dir(Path(info.ledger_dir), "manager", keys_dir=Path(info.keys_dir))
     try:
@@ -85,9 +86,10 @@ def register(info: Any, cast: Any) -> int:
 
 def replay(info: Any, jpegs: list[bytes], recognition: bool, work: Path) -> dict:
     """Write the clip to a fresh topic, run `riskmask run --bounded` over it, time the outputs."""
+    from pipeline_bench import Stream
+
     from infra import broker as embedded
     from infra.demo_pipeline import pipeline_ledger_args
-    from pipeline_bench import Stream
 
     tag = uuid.uuid4().hex[:8]
     raw, red, dlq, audit = (f"rb-{k}-{tag}" for k in ("raw", "red", "dlq", "audit"))

@@ -42,11 +42,11 @@ from chart import bar_chart  # noqa: E402
 from results_io import host_info, now_utc, write_result  # noqa: E402
 
 from infra import sample_data, scenes  # noqa: E402
-from pipelines.detection import Detection  # noqa: E402
-from pipelines.masking import apply_mask  # noqa: E402
+from pipelines.masking.filters import apply_mask  # noqa: E402
+from pipelines.masking.policy import Policy  # noqa: E402
+from pipelines.models.detection import Detection  # noqa: E402
 from pipelines.models.detector import FaceDetector, load_detector  # noqa: E402
 from pipelines.models.recognizer import MATCH_THRESHOLD, load_recognizer  # noqa: E402
-from pipelines.policy import Policy  # noqa: E402
 from pipelines.redact import Redactor  # noqa: E402
 
 logger = logging.getLogger("tiny_faces")

@@ -36,11 +36,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.digest_subjects:
         digest_cost(args.digest_subjects)
 
-    from ledger import keys as keyring
-    from ledger import privacy
-    from ledger.client import LedgerClient
-    from ledger.manager_cli import RegistryClient
-    from ledger.watchlist import Watchlist, WatchlistStale, WatchlistSync
+    from ledger.client import keys as keyring, privacy
+    from ledger.client.api_client import LedgerClient
+    from ledger.client.watchlist import Watchlist, WatchlistStale, WatchlistSync
+    from ledger.ops.manager_cli import RegistryClient
     from tests.ledger_util import make_cluster
 
     tmp = Path(tempfile.mkdtemp(prefix="wl-sync-bench-"))
@@ -89,8 +88,8 @@ def digest_cost(n: int, repeat: int = 20) -> None:
     import base64
     import os
 
+    from ledger.client.watchlist import Watchlist
     from ledger.registry.state import RegistryIndex
-    from ledger.watchlist import Watchlist
 
     tmp = Path(tempfile.mkdtemp(prefix="wl-digest-bench-"))
     idx = RegistryIndex(tmp / "registry.db")

@@ -34,15 +34,17 @@ from infra.console.demo_hook import linger, open_for_demo
 from infra.demo_pipeline import Collector, DemoError, PipelineProcess, pipeline_ledger_args
 from infra.demo_scene import FICTIONAL_NOTE
 from infra.stack import Stack, StackError, StackInfo
-from ledger import audit, exporter, manager_cli, privacy
-from ledger.audit_decisions import DecisionsError, decisions_by_frame
-from ledger.client import LedgerClient
-from ledger.cluster import Cluster
+from ledger.audit import verifier as audit
+from ledger.audit.decisions import DecisionsError, decisions_by_frame
+from ledger.client import privacy
+from ledger.client.api_client import LedgerClient
+from ledger.client.keys import KeyringError, load_auditor_private_key
 from ledger.config import Genesis, KeyFile
-from ledger.keys import KeyringError, load_auditor_private_key
-from pipelines import enrolment
+from ledger.ops import exporter, manager_cli
+from ledger.ops.cluster import Cluster
+from pipelines.ingest.producer import CameraProducer, ProducerConfig
 from pipelines.models.fetch import ModelError, model_path
-from pipelines.producer import CameraProducer, ProducerConfig
+from pipelines.recognition import enrolment
 from riskmask.errors import ServiceError, UserError
 from schemas.messages import AuditBlock, FaceDecision
 

@@ -1,7 +1,7 @@
 """The deployment contract: every version, image, port, topic and ``riskmask`` command the deployment files use.
 
 infra/compose/*, infra/k8s/* and infra/docker/* are written to match this module, and
-tests/test_infra_manifests.py checks both directions: each value here appears in the files, each ``riskmask``
+tests/infra/test_infra_manifests.py checks both directions: each value here appears in the files, each ``riskmask``
 command in the files is one of ``COMMANDS``, and each of ``COMMANDS`` is accepted by ``riskmask.cli``'s real
 argument parser. Change a value here first, then the files; the test says what is out of step.
 """

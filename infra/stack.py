@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from infra import broker as embedded
-from ledger import keys as keyring
-from ledger.cluster import Cluster, ClusterError, init_cluster
+from ledger.client import keys as keyring
+from ledger.ops.cluster import Cluster, ClusterError, init_cluster
 from riskmask import procs
 from riskmask.errors import ServiceError, UserError
 

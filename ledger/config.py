@@ -306,7 +306,7 @@ class NodeConfig:
     block_interval: float = _CONSENSUS.timeout_commit
     max_block_txs: int = 2000
     max_block_bytes: int = 4 * 1024 * 1024
-    max_tx_bytes: int = 72 * 1024  # the canonical encoding's own limit (ledger.codec.MAX_TX_BYTES)
+    max_tx_bytes: int = 72 * 1024  # the canonical encoding's own limit (ledger.types.codec.MAX_TX_BYTES)
     mempool_max_txs: int = 50000
     mempool_max_bytes: int = 64 * 1024 * 1024
     # HTTP API limits.

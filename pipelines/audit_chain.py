@@ -11,7 +11,7 @@ A :class:`CameraChain` collects one camera's records and cuts an
 the arriving records span ``max_window_us`` (no timers: the flush is decided on each arriving record).
 
 The block format itself (hashing, Merkle root, verification, the ledger anchor) is the auditor's as much as
-the pipeline's: it lives in :mod:`ledger.audit_blocks` and is re-exported here for the pipeline's callers.
+the pipeline's: it lives in :mod:`ledger.audit.blocks` and is re-exported here for the pipeline's callers.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from ledger.audit_blocks import (BLOCK_DOMAIN, ZERO_HASH, AuditChainError, anchor_tx, block_hash, make_block,
-                                  merkle_root, verify_block, verify_chain)
-from ledger.privacy import auditor_key_id, decisions_aad, seal_for_auditor
+from ledger.audit.blocks import (BLOCK_DOMAIN, ZERO_HASH, AuditChainError, anchor_tx, block_hash, make_block,
+                                 merkle_root, verify_block, verify_chain)
+from ledger.client.privacy import auditor_key_id, decisions_aad, seal_for_auditor
 from schemas.messages import AuditBlock, AuditRecord, FaceDecision, RedactedFrame, SealedFaces
 
 logger = logging.getLogger(__name__)

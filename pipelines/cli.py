@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this package's subcommands to the top-level parser."""
-    from pipelines.producer import register_produce  # deferred: loads cv2, which only this path needs
+    from pipelines.ingest.producer import register_produce  # deferred: loads cv2, which only this path needs
 
     register_produce(sub)
     from pipelines.runner import register_run; register_run(sub)  # noqa: E702

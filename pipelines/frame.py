@@ -5,8 +5,8 @@ each stage learned about it; ``OutboundMessage`` is what a Kafka sink writes. Al
 new value with ``dataclasses.replace``.
 
 Each field of a FrameContext keeps one type along the whole path: DetectFaces sets ``detections`` (the
-detector's :class:`~pipelines.detection.Detection` boxes); EmbedFaces sets ``tracked`` (one
-:class:`~pipelines.tracking.TrackedFace` per detection, plus gap-filled tracks), which EnrichRisk replaces with
+detector's :class:`~pipelines.models.detection.Detection` boxes); EmbedFaces sets ``tracked`` (one
+:class:`~pipelines.tracking.tracks.TrackedFace` per detection, plus gap-filled tracks), which EnrichRisk replaces with
 identity and risk filled in; MaskFaces masks ``tracked`` when recognition ran (``tracked`` is not None) and
 the bare ``detections`` otherwise, and records ``faces``.
 """
@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipelines.detection import Detection
-from pipelines.tracking import TrackedFace
+from pipelines.models.detection import Detection
+from pipelines.tracking.tracks import TrackedFace
 from schemas.messages import FaceDecision
 
 DEDUPE_HEADER = "riskmask-dedupe"

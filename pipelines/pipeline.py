@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
 
-from pipelines.change_gate import GateConfig
+from pipelines.config.options import RiskmaskOptions
 from pipelines.frame import SOURCE_HEADER, FrameContext, KafkaRecord, source_ref
 from pipelines.kafkaio import ReadFromKafka, WriteToKafka
-from pipelines.options import RiskmaskOptions
+from pipelines.tracking.change_gate import GateConfig
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter_message
 from pipelines.transforms.decode import Decode
 from pipelines.transforms.detect_faces import DetectFaces
@@ -123,7 +123,7 @@ def kafka_client_config(opts: Any) -> dict[str, Any]:
 
 def _mask_kwargs(opts: Any) -> dict[str, Any]:
     # deferred: cycle, config_file reads this module's option table
-    from pipelines.config_file import camera_rules_from_options
+    from pipelines.config.config_file import camera_rules_from_options
 
     rules = camera_rules_from_options(opts)
     return {"camera_rules": rules} if rules else {}

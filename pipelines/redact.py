@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 
 from pipelines import video_io
-from pipelines.detection import Detection
-from pipelines.masking import apply_mask, mask_whole_frame
+from pipelines.masking.filters import apply_mask, mask_whole_frame
+from pipelines.masking.policy import MODES, Policy, PolicyError
+from pipelines.models.detection import Detection
 from pipelines.models.detector import DETECTORS, FaceDetector, load_detector
 from pipelines.models.fetch import ModelError
-from pipelines.policy import MODES, Policy, PolicyError
 from riskmask.errors import UserError
 
 logger = logging.getLogger(__name__)

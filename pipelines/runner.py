@@ -18,8 +18,8 @@ import threading
 import types
 from typing import Any, Callable, Optional, Sequence
 
-from pipelines.config_file import load, rules_to_json
-from pipelines.defaults import OPERATIONS, OPTIONS, RUNNERS
+from pipelines.config.config_file import load, rules_to_json
+from pipelines.config.defaults import OPERATIONS, OPTIONS, RUNNERS
 from pipelines.models.providers import RecognizerFactory
 from riskmask.errors import ServiceError, UserError
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # `riskmask run` attribute -> built-in default of every setting the command line or a config file can set. The
 # parser's own defaults are None so that "not given on the command line" can be told apart: the value is then
-# taken from the config file (--config), else from here. Built from the one declaration (pipelines.defaults).
+# taken from the config file (--config), else from here. Built from the one declaration (pipelines.config.defaults).
 RUN_DEFAULTS: dict[str, Any] = {o.run_dest: o.run_default for o in OPTIONS if o.flags or o.config}
 
 
@@ -53,10 +53,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def pipeline_args(args: argparse.Namespace) -> list[str]:
     """Beam flags from the ``riskmask run`` arguments (after :func:`resolve_args`): ``--name=value`` of every
-    setting that has a value, in the order of :data:`pipelines.defaults.OPTIONS`."""
+    setting that has a value, in the order of :data:`pipelines.config.defaults.OPTIONS`."""
     args = resolve_args(args)
     if args.runner not in RUNNERS:
-        from pipelines.options import OptionsError  # deferred: pipelines.options loads Beam (CLI start-up)
+        # deferred: pipelines.config.options loads Beam (CLI start-up)
+        from pipelines.config.options import OptionsError
 
         raise OptionsError(f"unknown runner {args.runner!r}; choose one of {', '.join(RUNNERS)}")
     out = []
@@ -86,7 +87,7 @@ def run_pipeline(argv: Sequence[str], detector_factory: Optional[Callable[[], An
     # deferred: loads apache_beam, which only this path needs
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.options import validate  # deferred: loads apache_beam, requests, which only this path needs
+    from pipelines.config.options import validate  # deferred: loads apache_beam, requests, which only this path needs
     from pipelines.pipeline import build  # deferred: loads apache_beam, cv2, requests, which only this path needs
     # deferred: loads apache_beam, requests, which only this path needs
     from pipelines.transforms.audit import audit_from_options
@@ -173,7 +174,7 @@ def metrics_summary(result: Any) -> dict[str, Any]:
 
 
 def register_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``riskmask run``, one flag per setting of :data:`pipelines.defaults.OPTIONS` that has ``flags``.
+    """Add ``riskmask run``, one flag per setting of :data:`pipelines.config.defaults.OPTIONS` that has ``flags``.
     Their defaults are None here (see :data:`RUN_DEFAULTS`) so that a config file can fill what is not given."""
     p = sub.add_parser("run", help="run the de-identification pipeline (Kafka -> Beam -> Kafka)",
                        description="Read CameraFrame records, mask every face, write RedactedFrame records "
@@ -249,9 +250,9 @@ def _check_broker_first(argv: Sequence[str]) -> None:
     # deferred: loads apache_beam, which only this path needs
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipelines.config.options import validate  # deferred: loads apache_beam, requests, which only this path needs
     # deferred: loads apache_beam, requests, which only this path needs
     from pipelines.kafkaio.security import check_reachable, client_config
-    from pipelines.options import validate  # deferred: loads apache_beam, requests, which only this path needs
 
     validate(PipelineOptions(list(argv)))
 

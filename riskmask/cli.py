@@ -1,6 +1,6 @@
 """The ``riskmask`` command: one entry point, subcommands contributed by each package.
 
-Each area owns its subcommands in its own module (``infra.cli``, ``pipelines.cli``, ``ledger.cli``), each
+Each area owns its subcommands in its own module (``infra.cli``, ``pipelines.cli``, ``ledger.ops.cli``), each
 exposing ``register(subparsers)``; handlers take the parsed args and return an exit code. Errors a user can
 fix are printed as one readable line with a non-zero exit, never as a traceback (``--debug`` shows it).
 """
@@ -18,12 +18,13 @@ from riskmask import __version__
 from riskmask.errors import ServiceError, UserError
 from riskmask.logjson import LOG_FORMATS, configure
 
-COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.cli", "infra.console.cli")
+COMMAND_MODULES = ("infra.cli", "pipelines.cli", "ledger.ops.cli", "infra.console.cli")
 
 
 def face_templates(photos: Sequence[Path], model_dir: Optional[Path] = None) -> list[Any]:
-    """The pipeline's face templates of registration photos (:func:`pipelines.enrolment.face_templates`)."""
-    from pipelines.enrolment import face_templates as embed  # deferred: loads numpy; only `register --photo` needs it
+    """The pipeline's face templates of registration photos (:func:`pipelines.recognition.enrolment.face_templates`)."""
+    # deferred: loads numpy; only `register --photo` needs it
+    from pipelines.recognition.enrolment import face_templates as embed
 
     return embed(photos, model_dir)
 

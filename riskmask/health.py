@@ -5,7 +5,7 @@
 with a one-line reason. Both bodies are plain text; nothing identifying is ever in them.
 
 Used by ``riskmask run`` (pipelines.metrics), ``riskmask ledger node`` and ``riskmask ledger export``
-(ledger.metrics). The server runs on daemon threads and never blocks the process it reports on.
+(ledger.node.metrics). The server runs on daemon threads and never blocks the process it reports on.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Typed, frozen message dataclasses mirroring schemas/*.avsc.
 
-The .avsc files are the source of truth; ``tests/test_messages.py`` checks that every dataclass has exactly
+The .avsc files are the source of truth; ``tests/schemas/test_messages.py`` checks that every dataclass has exactly
 the fields of its schema, so the two cannot drift. Use ``to_bytes``/``from_bytes`` to go through the
 single-object Avro framing in :mod:`schemas.serde`.
 """

@@ -81,8 +81,8 @@ def topic_args(t: dict[str, str]) -> list[str]:
 
 def masked_frame(base: np.ndarray, i: int) -> tuple[bytes, int]:
     """A real face frame, moved by ``i``, masked by the real redaction code; (JPEG bytes, faces masked)."""
+    from pipelines.masking.policy import Policy
     from pipelines.models.detector import load_detector
-    from pipelines.policy import Policy
     from pipelines.redact import Redactor
 
     global _REDACTOR

@@ -1,6 +1,6 @@
 """Deterministic in-memory network of consensus state machines (virtual time, seeded randomness).
 
-Used by tests/test_consensus.py and bench/fuzz_decoders.py-style long runs. It plays the runtime: executes
+Used by tests/ledger/test_consensus.py and bench/fuzz_decoders.py-style long runs. It plays the runtime: executes
 actions in order, delivers broadcasts with random delays (reordering), drops and duplicates, fires timeouts,
 serves sync requests from an honest node's finalized log, and can partition nodes, crash/restart them from
 their persisted signed messages, or make one validator Byzantine.
@@ -9,19 +9,18 @@ their persisted signed messages, or make one validator Byzantine.
 from __future__ import annotations
 
 import dataclasses
-
 import heapq
 import random
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ledger import crypto
 from ledger.consensus import (BlockContent, Broadcast, ChainTip, CommitReceived, ConsensusParams, ConsensusState,
-                              Decide, PersistSigned, ProposalReceived, RecordEvidence, RequestSync,
-                              ScheduleTimeout, TimeoutFired, TxsAvailable, VoteReceived)
+                              Decide, PersistSigned, ProposalReceived, RecordEvidence, RequestSync, ScheduleTimeout,
+                              TimeoutFired, TxsAvailable, VoteReceived)
 from ledger.errors import DecodeError
-from ledger.types import (PRECOMMIT, PREVOTE, TX_ANCHOR, Block, CommitCertificate, Proposal,
-                          Transaction, Vote, decode_message)
+from ledger.types import crypto
+from ledger.types.block import (PRECOMMIT, PREVOTE, TX_ANCHOR, Block, CommitCertificate, Proposal, Transaction, Vote,
+                                decode_message)
 
 CHAIN = "sim-chain"
 GENESIS_HASH = crypto.sha256(b"sim genesis")

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ledger import crypto
-from ledger.client import ApiError, Unavailable
-from ledger.cluster import Cluster, init_cluster
-from ledger.types import TX_ANCHOR, CommitCertificate, Transaction, verify_commit
+from ledger.client.api_client import ApiError, Unavailable
+from ledger.ops.cluster import Cluster, init_cluster
+from ledger.types import crypto
+from ledger.types.block import TX_ANCHOR, CommitCertificate, Transaction, verify_commit
 
 # Short consensus timeouts keep the tests quick; still generous for a loaded 2-core box.
 TEST_OVERRIDES = {"block_interval": 0.3, "timeout_propose": 1.5, "timeout_prevote": 0.5,

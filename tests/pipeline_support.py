@@ -124,7 +124,7 @@ def face_similarity(recognizer, detector, original: np.ndarray, output: np.ndarr
     The face is aligned with the landmarks the detector finds on the original (the same crop geometry is
     used on the output); if the detector does not find it, both sides use the plain box crop.
     """
-    from pipelines.alignment import cosine
+    from pipelines.models.alignment import cosine
 
     match = None
     for det in detector.detect(original):

@@ -49,26 +49,25 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "cli": frozenset({"base", "schemas", "ledger", "pipelines", "infra"}),
 }
 
-# What of the ledger the pipeline may use: the client side (signed API client, privacy module and its keyring,
-# the registry client and the watchlist it syncs, the registry payloads, the audit block format). Nothing of
-# the node (consensus, store, p2p, HTTP server, API) and none of the ledger's command modules.
+# What of the ledger the pipeline may use: the client side (the whole ``ledger.client`` package: signed API
+# client, privacy module and its keyring, registry client, the watchlist it syncs), the registry payloads and the
+# audit block format. Nothing of the node (consensus, store, p2p, HTTP server, API) and none of ``ledger.ops``.
 LEDGER_CLIENT_SURFACE: frozenset[str] = frozenset({
     "ledger",  # the package itself (its __init__ is a docstring)
-    "ledger.audit_blocks",
-    "ledger.client",
+    "ledger.client",  # a package: every module under it
     "ledger.errors",
-    "ledger.keys",
-    "ledger.payloads",
-    "ledger.privacy",
     "ledger.registry.payloads",
-    "ledger.registry_client",
-    "ledger.watchlist",
+    "ledger.audit.blocks",
 })
+
+
+def on_client_surface(target: str) -> bool:
+    return any(target == s or (s != "ledger" and target.startswith(s + ".")) for s in LEDGER_CLIENT_SURFACE)
 
 
 @dataclass(frozen=True)
 class Import:
-    module: str        # the importing module, e.g. "ledger.audit"
+    module: str        # the importing module, e.g. "ledger.audit.verifier"
     target: str        # the imported module, resolved to a module of the tree where it is one
     path: Path
     line: int
@@ -149,7 +148,7 @@ def forbidden(imp: Import) -> Optional[str]:
         return None
     if dst not in MAY_IMPORT[src]:
         return f"{src} may not import {dst}"
-    if src == "pipelines" and dst == "ledger" and imp.target not in LEDGER_CLIENT_SURFACE:
+    if src == "pipelines" and dst == "ledger" and not on_client_surface(imp.target):
         return "pipelines may use the ledger only through its client surface"
     return None
 
@@ -196,11 +195,11 @@ def test_the_pipeline_reaching_into_the_node_fails_the_check(tmp_path: Path) -> 
     (root / "pipelines" / "node.py").write_text('"""Probe."""\nx = 1\n')
     assert violations(root) == []  # relative import inside pipelines: allowed
     (root / "pipelines" / "transforms" / "probe.py").write_text(
-        '"""Probe."""\nfrom ledger import node, privacy\nimport infra.stack\n')
+        '"""Probe."""\nfrom ledger.node import node\nfrom ledger.client import privacy\nimport infra.stack\n')
     assert violations(root) == [
-        "pipelines/transforms/probe.py:2: pipelines.transforms.probe -> ledger.node "
+        "pipelines/transforms/probe.py:2: pipelines.transforms.probe -> ledger.node.node "
         "(pipelines may use the ledger only through its client surface)",
-        "pipelines/transforms/probe.py:3: pipelines.transforms.probe -> infra.stack (pipelines may not import infra)"]
+        "pipelines/transforms/probe.py:4: pipelines.transforms.probe -> infra.stack (pipelines may not import infra)"]
 
 
 def test_the_base_and_the_cli_keep_their_places(tmp_path: Path) -> None:
@@ -217,16 +216,16 @@ def test_an_unexplained_function_level_import_fails_the_check(tmp_path: Path) ->
     root = _copy_product(tmp_path)
     before = unexplained_function_imports(root)
     (root / "ledger" / "probe.py").write_text(
-        '"""Probe."""\n\n\ndef f():\n    from ledger import merkle\n    # a cycle: ledger.types imports this module\n'
-        '    from ledger import types\n    return merkle, types\n')
+        '"""Probe."""\n\n\ndef f():\n    from ledger.types import merkle\n    # a cycle: ledger.types.block imports this module\n'
+        '    from ledger.types import block\n    return merkle, block\n')
     after = unexplained_function_imports(root)
-    assert sorted(set(after) - set(before)) == ["ledger/probe.py:5: ledger.probe -> ledger.merkle"]
+    assert sorted(set(after) - set(before)) == ["ledger/probe.py:5: ledger.probe -> ledger.types.merkle"]
 
 
 def test_importing_the_ledger_client_side_loads_no_pipeline_or_infra_module() -> None:
     """The arrows hold at run time too: the modules a pipeline stage uses pull in nothing above them."""
     code = ("import sys\n"
-            "import ledger.registry_client, ledger.watchlist, ledger.audit, ledger.exporter, ledger.audit_blocks\n"
+            "import ledger.client.registry_client, ledger.client.watchlist, ledger.audit.verifier, ledger.ops.exporter, ledger.audit.blocks\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pipelines', 'infra') or m == 'riskmask.cli')\n"
             "print(','.join(bad))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -236,11 +235,13 @@ def test_importing_the_ledger_client_side_loads_no_pipeline_or_infra_module() ->
 
 def test_the_ledger_client_side_loads_nothing_of_the_node() -> None:
     """What a client (pipeline stage, manager command) imports of the ledger brings no HTTP server, API,
-    node, p2p or store with it: request signing (ledger.signing) is apart from the server's authenticator."""
+    node, p2p or store with it: request signing (ledger.client.signing) is apart from the server's authenticator."""
     code = ("import sys\n"
-            "import ledger.client, ledger.registry_client, ledger.watchlist, ledger.privacy, ledger.keys\n"
-            "server = ('ledger.httpserver', 'ledger.auth', 'ledger.api', 'ledger.node', 'ledger.p2p', 'ledger.store',"
-            " 'ledger.mempool', 'ledger.registry.service', 'ledger.registry.endpoints')\n"
+            "import ledger.client.api_client, ledger.client.registry_client, ledger.client.watchlist\n"
+            "import ledger.client.privacy, ledger.client.keys\n"
+            "server = ('ledger.rpc.httpserver', 'ledger.rpc.auth', 'ledger.rpc.api', 'ledger.node.node',"
+            " 'ledger.p2p.transport', 'ledger.node.store', 'ledger.node.mempool', 'ledger.registry.service',"
+            " 'ledger.registry.endpoints')\n"
             "print(','.join(sorted(m for m in sys.modules if m in server)))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

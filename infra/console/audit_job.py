@@ -9,9 +9,10 @@ import time
 from typing import Any, Optional
 
 from infra.console.feed import ConsoleState, LedgerSource, TopicNames
-from ledger import audit, exporter
-from ledger.client import LedgerClient
+from ledger.audit import verifier as audit
+from ledger.client.api_client import LedgerClient
 from ledger.config import ClientRegistry, Genesis
+from ledger.ops import exporter
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, Deque, Optional
 
 import numpy as np
 
-from ledger.client import LedgerClient
+from ledger.client.api_client import LedgerClient
 from ledger.config import Genesis, KeyFile
 from schemas.messages import AuditBlock, DeadLetter, RedactedFrame
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
-from ledger.codec import MAX_BLOCK_BYTES, MAX_BLOCK_TXS
-from ledger.types import Block, CommitCertificate, Evidence, Proposal, Transaction, Vote
+from ledger.types.block import Block, CommitCertificate, Evidence, Proposal, Transaction, Vote
+from ledger.types.codec import MAX_BLOCK_BYTES, MAX_BLOCK_TXS
 
 # Steps of a round; the last three are also the ``step`` of a persisted signed message (height, round, step).
 STEP_NEW_HEIGHT = 0

@@ -15,17 +15,16 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-from ledger import codec, crypto
 from ledger.consensus.events import (STEP_NEW_HEIGHT, STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSAL, STEP_PROPOSE,
-                                     TIMEOUT_COMMIT,
-                                     TIMEOUT_PRECOMMIT, TIMEOUT_PREVOTE, TIMEOUT_PROPOSE, Action, BlockBuilder,
-                                     BlockContent, Broadcast, ChainTip, CommitReceived, ConsensusParams, Decide,
-                                     Event, PersistSigned, ProposalReceived, RecordEvidence, RequestSync,
+                                     TIMEOUT_COMMIT, TIMEOUT_PRECOMMIT, TIMEOUT_PREVOTE, TIMEOUT_PROPOSE, Action,
+                                     BlockBuilder, BlockContent, Broadcast, ChainTip, CommitReceived, ConsensusParams,
+                                     Decide, Event, PersistSigned, ProposalReceived, RecordEvidence, RequestSync,
                                      ScheduleTimeout, TimeoutFired, TxsAvailable, VoteReceived)
 from ledger.consensus.voteset import HeightVotes
 from ledger.errors import ConsensusError, DecodeError, LedgerError, ValidationError
-from ledger.types import (PRECOMMIT, PREVOTE, Block, CommitCertificate, Evidence, Proposal, Vote, decode_message,
-                          proposer_index, quorum, validator_set_hash, verify_commit, weak_quorum)
+from ledger.types import codec, crypto
+from ledger.types.block import (PRECOMMIT, PREVOTE, Block, CommitCertificate, Evidence, Proposal, Vote, decode_message,
+                                proposer_index, quorum, validator_set_hash, verify_commit, weak_quorum)
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ledger.types import PRECOMMIT, PREVOTE, Vote
+from ledger.types.block import PRECOMMIT, PREVOTE, Vote
 
 MAX_VALUES_PER_VALIDATOR = 3  # beyond this, only nil and proposed blocks are counted (see ConsensusState)
 

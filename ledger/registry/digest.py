@@ -3,7 +3,7 @@
 A node serves the digest of its registry state at a height (``GET /v1/registry/digest?height=H`` and the
 ``digest`` field of each watchlist page); the pipeline computes the same digest over the records it holds and
 believes a watchlist only when f + 1 distinct nodes report that digest at that height
-(:mod:`ledger.watchlist`). The registry state has no root in the block header, so this is how a node that
+(:mod:`ledger.client.watchlist`). The registry state has no root in the block header, so this is how a node that
 serves the certified height but leaves a record out (a risk downgrade, an erasure) is caught.
 
 Canonical encoding (all integers big-endian)::

@@ -1,4 +1,4 @@
-"""HTTP endpoints of the registry (added to a node's :class:`ledger.api.LedgerApi`) and peer key repair.
+"""HTTP endpoints of the registry (added to a node's :class:`ledger.rpc.api.LedgerApi`) and peer key repair.
 
 ==========  =====================================  ==========================================
 method      path                                   roles
@@ -12,7 +12,7 @@ GET         /v1/registry/anchors/{tx_hash}         pipeline, manager, auditor, v
 
 The digest endpoint answers the registry state digest (:mod:`ledger.registry.digest`) at height ``H``
 (default: the applied height), 409 while ``H`` is not applied yet, 404 for a height older than the first digest
-the node kept; the pipeline believes a watchlist only when f + 1 nodes report its digest (:mod:`ledger.watchlist`).
+the node kept; the pipeline believes a watchlist only when f + 1 nodes report its digest (:mod:`ledger.client.watchlist`).
 
 Transactions are submitted through ``POST /v1/txs``; who may submit which kind is the kinds table
 (:mod:`ledger.registry.kinds`).
@@ -25,9 +25,9 @@ import binascii
 import logging
 from typing import Any, Callable, Iterable, Optional
 
-from ledger.client import ApiError, LedgerClient, Unavailable
-from ledger.httpserver import HttpError, Response, ascii_uint
+from ledger.client.api_client import ApiError, LedgerClient, Unavailable
 from ledger.registry.service import RegistryRejected, RegistryService
+from ledger.rpc.httpserver import HttpError, Response, ascii_uint
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The one table of transaction kinds: kind -> payload operation and type -> roles allowed to submit it.
 
 Every place that decides whether a transaction may enter or change the chain asks this table, through
-:func:`check`: API admission and gossip (``ledger.node._check_tx``), proposal validation (honest nodes vote nil
+:func:`check`: API admission and gossip (``ledger.node.node._check_tx``), proposal validation (honest nodes vote nil
 on a proposal carrying a transaction the table refuses), ``RegistryService.apply_block`` (defence in depth:
-such a transaction has no effect) and the offline auditor (``ledger.audit``: a block carrying one fails
+such a transaction has no effect) and the offline auditor (``ledger.audit.verifier``: a block carrying one fails
 and is named). The check is stateless (kind, payload bytes, sender role), so every node and every auditor
 reaches the same verdict on the same block.
 

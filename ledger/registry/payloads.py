@@ -5,7 +5,7 @@ versioned (magic ``RMTX``, format version, op code, then the op's fields in a fi
 field length-prefixed), so decode -> encode is byte-identical and any two clients produce the same bytes for
 the same content. Decoding is strict: unknown versions or ops, out-of-range values, over-long fields and
 trailing bytes are refused with :class:`PayloadError`. Reading and writing use the ledger's one binary codec
-(:mod:`ledger.codec`). Which transaction kind carries which operation, and who may submit it, is the kinds
+(:mod:`ledger.types.codec`). Which transaction kind carries which operation, and who may submit it, is the kinds
 table of :mod:`ledger.registry.kinds`.
 
 No field ever carries a raw identifier or a face template: subject transactions carry only the keyed
@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from ledger import codec
 from ledger.errors import DecodeError
+from ledger.types import codec
 
 MAGIC = b"RMTX"
 FORMAT_VERSION = 1

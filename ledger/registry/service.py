@@ -6,7 +6,7 @@ The node drives it through an ABCI-like interface:
   kind, payload operation, sender role) and then the current state (a registration of a new pseudonym, an
   update or erasure of the next version of a live subject);
 * proposal validation (ProcessProposal) is the table's stateless check, run by the node on every
-  transaction of a proposed block (``ledger.node._validate_block``), so honest nodes vote nil on a block
+  transaction of a proposed block (``ledger.node.node._validate_block``), so honest nodes vote nil on a block
   carrying a transaction the table refuses;
 * :meth:`RegistryService.apply_block` (FinalizeBlock): applies a finalized block in order. A transaction
   the table refuses (it can only be there if a quorum misbehaved) or that the state does not allow has no
@@ -47,7 +47,7 @@ class RegistryRejected(ValueError):
 
 
 class KeyStore(Protocol):
-    """The node store's deletable key table (:class:`ledger.store.Store`)."""
+    """The node store's deletable key table (:class:`ledger.node.store.Store`)."""
 
     def put_wrapped_key(self, subject: bytes, wrapped: bytes, height: int = 0) -> None: ...
 
@@ -57,7 +57,7 @@ class KeyStore(Protocol):
 
 
 class TxLike(Protocol):
-    """What the application reads of a ledger transaction (:class:`ledger.types.Transaction`)."""
+    """What the application reads of a ledger transaction (:class:`ledger.types.block.Transaction`)."""
 
     kind: int
     sender: bytes
@@ -270,7 +270,7 @@ class RegistryService:
         return {"height": h, "applied_height": applied, "digest": digest.hex(), "subjects": subjects}
 
     def install(self, api: Any) -> None:
-        """Add the registry endpoints to a :class:`ledger.api.LedgerApi` (:mod:`ledger.registry.endpoints`)."""
+        """Add the registry endpoints to a :class:`ledger.rpc.api.LedgerApi` (:mod:`ledger.registry.endpoints`)."""
         from ledger.registry.endpoints import install  # cycle: ledger.registry.endpoints imports this module
 
         install(self, api)

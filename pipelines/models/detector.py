@@ -23,7 +23,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
-from pipelines import detection as dp
+from pipelines.models import detection as dp
 from pipelines.models.fetch import ModelError, model_path
 from pipelines.models.onnx_shapes import set_io_dims
 
@@ -152,8 +152,8 @@ class CenterFaceDetector(_TiledDetector):
 class TinyFacePass:
     """Search an image (or regions of it) again, upscaled by ``factor``, for faces up to ``max_width`` px.
 
-    Pure pre/post-processing around ``base.detect`` (:func:`pipelines.detection.tiny_pass_regions`,
-    :func:`~pipelines.detection.from_upscaled`); ``base`` keeps its own tiling for large upscaled images. Give
+    Pure pre/post-processing around ``base.detect`` (:func:`pipelines.models.detection.tiny_pass_regions`,
+    :func:`~pipelines.models.detection.from_upscaled`); ``base`` keeps its own tiling for large upscaled images. Give
     ``regions`` (image pixels) to limit the pass to where small faces are likely, e.g. changed regions.
     """
 
@@ -167,7 +167,7 @@ class TinyFacePass:
 
     def detect(self, image_bgr: np.ndarray,
                regions: "list[dp.Region] | None" = None) -> list[dp.Detection]:
-        """Tiny faces in image pixels (not merged with anything; see :func:`pipelines.detection.merge_passes`)."""
+        """Tiny faces in image pixels (not merged with anything; see :func:`pipelines.models.detection.merge_passes`)."""
         _check_image(image_bgr)
         h, w = image_bgr.shape[:2]
         found: list[dp.Detection] = []

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipelines.alignment import align_crop, cosine
-from pipelines.detection import Detection
+from pipelines.models.alignment import align_crop, cosine
+from pipelines.models.detection import Detection
 from pipelines.models.detector import make_session
 from pipelines.models.fetch import model_path
 from pipelines.models.onnx_shapes import set_io_dims

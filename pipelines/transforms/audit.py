@@ -29,10 +29,10 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from ledger.keys import AUDITOR_PUB_FILE, KeyringError, default_keys_dir, load_auditor_public_key
-from ledger.registry_client import RegistryClient
+from ledger.client.keys import AUDITOR_PUB_FILE, KeyringError, default_keys_dir, load_auditor_public_key
+from ledger.client.registry_client import RegistryClient
 from pipelines.audit_chain import CameraChain, FlushRule, anchor_tx, record_from_redacted
-from pipelines.defaults import value
+from pipelines.config.defaults import value
 from pipelines.frame import DEDUPE_HEADER, OutboundMessage
 from schemas.messages import AuditBlock, AuditRecord, RedactedFrame
 from schemas.serde import SchemaError

@@ -8,8 +8,8 @@ from the image header before any pixel is decoded), ``corrupt_image`` and ``dime
 A DeadLetter never carries pixels: only the SHA-256 and size of the record.
 
 Encrypted frames: when a CameraFrame carries ``image_key_id``, its image is AES-256-GCM under that camera's
-key (``ledger.privacy.encrypt_frame``; the associated data binds every other field of the frame). The keys
-come from the frame key file of the keys directory (``ledger.keys.load_frame_keys``), read again when a frame
+key (``ledger.client.privacy.encrypt_frame``; the associated data binds every other field of the frame). The keys
+come from the frame key file of the keys directory (``ledger.client.keys.load_frame_keys``), read again when a frame
 names a key not seen yet and the file changed (a camera added while the pipeline runs).
 """
 
@@ -28,8 +28,8 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from ledger.keys import KeyringError, frame_keys_path, load_frame_keys
-from ledger.privacy import DecryptionError, decrypt_frame, frame_aad
+from ledger.client.keys import KeyringError, frame_keys_path, load_frame_keys
+from ledger.client.privacy import DecryptionError, decrypt_frame, frame_aad
 from pipelines.frame import FrameContext, KafkaRecord
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
 from schemas.messages import CameraFrame

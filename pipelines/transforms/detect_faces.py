@@ -4,7 +4,7 @@ The detector is loaded once per DoFn instance in ``setup()`` (a missing or tampe
 pipeline before any frame is read: nothing can be masked without it). If detection fails on a frame, the
 frame is marked degraded and MaskFaces masks all of it (fail closed); it is never passed on as face-free.
 
-With a change gate (:mod:`pipelines.change_gate`, on by default) each camera's frames are detected only where
+With a change gate (:mod:`pipelines.tracking.change_gate`, on by default) each camera's frames are detected only where
 pixels changed since the detector last looked, plus a sweep of the still parts (the normal pass on the whole
 frame every ``refresh_every`` frames, the tiny-face pass one band at a time); boxes over still regions are
 carried over. A detector failure resets the camera's gate, so its next frame is searched in
@@ -25,8 +25,8 @@ import cv2
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.change_gate import ChangeGate, GateConfig, gated_detect
 from pipelines.frame import FrameContext
+from pipelines.tracking.change_gate import ChangeGate, GateConfig, gated_detect
 from pipelines.transforms.lookahead import Lookahead
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """EmbedFaces: per-camera face tracks, SFace embeddings once per track (re-verified periodically), gap fills.
 
-Sits between DetectFaces and EnrichRisk. One :class:`~pipelines.tracking.FaceTracker` per camera holds the
+Sits between DetectFaces and EnrichRisk. One :class:`~pipelines.tracking.tracks.FaceTracker` per camera holds the
 tracks, in one of two places (``EmbedConfig.state``), never behind a GroupByKey (on the local runner a GBK
 after the unbounded Kafka source never fires):
 
@@ -18,7 +18,7 @@ the others carry their track's held template, except in a crowd, where only a te
 counts (close faces can swap tracks). Tracks the detector missed for up to K frames come out as
 ``gap_filled`` faces with enlarged boxes, so they are still masked.
 
-The element gets ``tracked``, its :class:`~pipelines.tracking.TrackedFace` values (``detections`` stay the
+The element gets ``tracked``, its :class:`~pipelines.tracking.tracks.TrackedFace` values (``detections`` stay the
 detector's boxes). Fail closed:
 a face that cannot be embedded (too small, degenerate landmarks, runtime error) carries no embedding and is
 treated as unknown (strongest mask) downstream; a frame the tracker cannot process is flagged degraded.
@@ -39,7 +39,7 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from pipelines.tracking import DETECTED, GAP_FILLED, FaceTracker, TrackedFace, TrackerConfig, TrackingError
+from pipelines.tracking.tracks import DETECTED, GAP_FILLED, FaceTracker, TrackedFace, TrackerConfig, TrackingError
 
 logger = logging.getLogger(__name__)
 

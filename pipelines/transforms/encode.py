@@ -23,7 +23,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipelines.frame import DEDUPE_HEADER, SOURCE_HEADER, FrameContext, OutboundMessage
-from pipelines.masking import mask_region
+from pipelines.masking.filters import mask_region
 from pipelines.progress import DEFAULT_INTERVAL_S, ProgressWindow
 from pipelines.transforms.dead_letter import DLQ_TAG, dead_letter
 from schemas.messages import FaceDecision, MaskRegion, RedactedFrame

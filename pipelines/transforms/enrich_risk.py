@@ -30,14 +30,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from ledger.registry_client import RegistryClient
-from ledger.watchlist import WatchlistStale, from_cluster
-from pipelines.defaults import value
+from ledger.client.registry_client import RegistryClient
+from ledger.client.watchlist import WatchlistStale, from_cluster
+from pipelines.config.defaults import value
 from pipelines.frame import FrameContext
-from pipelines.matching import AMBIGUOUS, MATCHED, STALE, UNKNOWN, MatchConfig, MatchResult
-from pipelines.tracking import TrackedFace, TrackerConfig
+from pipelines.recognition.matching import AMBIGUOUS, MATCHED, STALE, UNKNOWN, MatchConfig, MatchResult
+from pipelines.recognition.watchlist_index import WatchlistIndex, index_from_watchlist, subject_ref
+from pipelines.tracking.tracks import TrackedFace, TrackerConfig
 from pipelines.transforms.embed_faces import EmbedConfig, EmbedFaces, set_if_field
-from pipelines.watchlist_index import WatchlistIndex, index_from_watchlist, subject_ref
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class StaticWatchlistSource:
 
 
 class LedgerWatchlistSource:
-    """Adapter over ``ledger.watchlist.WatchlistSync``: ``sync_factory()`` builds the sync (signed clients with
+    """Adapter over ``ledger.client.watchlist.WatchlistSync``: ``sync_factory()`` builds the sync (signed clients with
     the pipeline key, the KEK keyring); each :meth:`sync` pulls the changes since the last height, which the
     ledger client decrypts into its ``Watchlist``, and re-indexes it when anything changed."""
 
@@ -105,7 +105,7 @@ class LedgerWatchlistSource:
 
 
 class LedgerSyncFactory:
-    """Picklable factory of ``ledger.watchlist.WatchlistSync`` for a ledger directory (genesis, client keys)
+    """Picklable factory of ``ledger.client.watchlist.WatchlistSync`` for a ledger directory (genesis, client keys)
     and the privacy keyring: signed clients of every validator with the ``key_name`` (pipeline) key, and the
     keyring's key-encryption keys only (the pipeline never needs a pseudonymisation key)."""
 

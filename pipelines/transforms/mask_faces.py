@@ -7,7 +7,7 @@ unknown person and gets the policy's strongest mask: the fail-closed rule. A deg
 failed) and any masking failure mask the whole frame and set ``degraded``. The input image is never
 modified: the stage masks a copy.
 
-Per-camera rules (pipelines.config_file, ``[[camera]]`` in the config file): the first rule whose glob matches
+Per-camera rules (pipelines.config.config_file, ``[[camera]]`` in the config file): the first rule whose glob matches
 the camera id may replace the policy, and carries privacy zones: a ``mask`` zone is always masked (strongest,
 whatever was detected), an ``ignore`` zone is never searched (faces centred in it are left as they are).
 """
@@ -23,13 +23,13 @@ import cv2
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipelines.config_file import rule_for
-from pipelines.detection import Detection
+from pipelines.config.config_file import rule_for
 from pipelines.frame import FrameContext
-from pipelines.masking import WHOLE_FRAME_BLOCKS, apply_mask, mask_whole_frame
-from pipelines.matching import MATCHED, UNKNOWN
-from pipelines.policy import MaskDecision, Policy
-from pipelines.tracking import DETECTED, TrackedFace
+from pipelines.masking.filters import WHOLE_FRAME_BLOCKS, apply_mask, mask_whole_frame
+from pipelines.masking.policy import MaskDecision, Policy
+from pipelines.models.detection import Detection
+from pipelines.recognition.matching import MATCHED, UNKNOWN
+from pipelines.tracking.tracks import DETECTED, TrackedFace
 from schemas.messages import FaceDecision
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class MaskFaces(beam.PTransform):
     """FrameContext (with detections) -> FrameContext with a masked image, ``faces`` and ``policy_id``."""
 
     def __init__(self, policy: str = "default", camera_rules: Sequence[Any] = ()) -> None:
-        """``camera_rules``: :class:`pipelines.config_file.CameraRule` (per-camera policy and privacy zones)."""
+        """``camera_rules``: :class:`pipelines.config.config_file.CameraRule` (per-camera policy and privacy zones)."""
         super().__init__()
         self._fn = _MaskFn(policy, camera_rules)
 

@@ -1,0 +1,1 @@
+"""The offline auditor: ledger and audit-block verification, sealed decisions, redaction manifests."""

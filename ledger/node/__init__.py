@@ -1,0 +1,1 @@
+"""The validator node process: consensus runtime, mempool, store, block sync, peer guards, metrics."""

@@ -1,0 +1,1 @@
+"""Validator-to-validator transport (authenticated, sealed frames) and the block-sync wire formats."""

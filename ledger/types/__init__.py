@@ -1,0 +1,1 @@
+"""The pure core: canonical encoding, signatures, Merkle trees, transactions, blocks and consensus messages."""

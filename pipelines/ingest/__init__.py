@@ -1,0 +1,1 @@
+"""Getting frames in: the camera producer and multi-camera files."""

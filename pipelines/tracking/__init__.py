@@ -1,0 +1,1 @@
+"""Per-camera state across frames: face tracks and change-gated detection."""
