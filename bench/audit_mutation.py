@@ -6,7 +6,7 @@ accepted), and every ``try`` around a single call whose handlers raise (the call
 written to a temporary copy of the module and loaded as ``ledger.audit.verifier`` in a fresh interpreter before
 pytest runs the given test files. A mutant whose tests still pass *survives*: that check is not tested.
 
-    python bench/audit_mutation.py                   # tests/ledger/test_audit.py, survivors listed, exit 1 if any
+    python bench/audit_mutation.py                   # tests/ledger/audit/test_verifier.py, survivors listed, exit 1 if any
     python bench/audit_mutation.py --json out.json   # also write the per-check results
 """
 
@@ -122,7 +122,7 @@ def run(test_files: list[str], python: str = sys.executable) -> list[Mutant]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("tests", nargs="*", default=["tests/ledger/test_audit.py"], help="test files (default: %(default)s)")
+    ap.add_argument("tests", nargs="*", default=["tests/ledger/audit/test_verifier.py"], help="test files (default: %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="write the per-check results here")
     ap.add_argument("--list", action="store_true", help="only list the checks found")
     args = ap.parse_args(argv)

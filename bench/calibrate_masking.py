@@ -202,7 +202,7 @@ def markdown(result: dict) -> str:
     out += ["## Does each policy keep its word?", "",
             "Only suspects may be identifiable: every non-suspect decision (unknown subject, each group's "
             "non-suspect) must stay below the match threshold for every face at every size, unless the policy "
-            "explicitly discloses that group (`tests/pipelines/test_policy_calibration.py` checks the committed JSON).", ""]
+            "explicitly discloses that group (`tests/pipelines/masking/test_policy_calibration.py` checks the committed JSON).", ""]
     for label, pol in _policies().items():
         bad = calibration_violations(result, pol)
         out.append(f"- `{label}`: " + ("keeps it." if not bad else f"**{len(bad)} violation(s)**, e.g. {bad[0]}"))

@@ -18,7 +18,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.ledger.test_ledger_types import run_fuzz  # noqa: E402  (shares the mutation engine with the unit test)
+from tests.ledger.types.test_block import run_fuzz  # noqa: E402  (shares the mutation engine with the unit test)
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ lanes; each lane hosts people one after another (never two at once), so no face 
 appears at an entry point, walks to a spot, stands still there, walks on to an exit point and disappears. The
 camera adds sensor noise and a slow brightness drift, as real ones do. Deterministic for a seed.
 
-Used by bench/pipeline_bench.py (``--scene cctv``) and tests/pipelines/test_change_gate.py.
+Used by bench/pipeline_bench.py (``--scene cctv``) and tests/pipelines/tracking/test_change_gate.py.
 """
 
 from __future__ import annotations

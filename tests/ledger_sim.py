@@ -1,6 +1,6 @@
 """Deterministic in-memory network of consensus state machines (virtual time, seeded randomness).
 
-Used by tests/ledger/test_consensus.py and bench/fuzz_decoders.py-style long runs. It plays the runtime: executes
+Used by tests/ledger/consensus/test_state.py and bench/fuzz_decoders.py-style long runs. It plays the runtime: executes
 actions in order, delivers broadcasts with random delays (reordering), drops and duplicates, fires timeouts,
 serves sync requests from an honest node's finalized log, and can partition nodes, crash/restart them from
 their persisted signed messages, or make one validator Byzantine.

@@ -10,7 +10,7 @@ tiny-face pass runs on one horizontal band of ``1 / slices`` of the frame every 
 a frame more than a band, so no frame waits behind a whole-frame tiny-face pass (the p99 latency of a live
 stream). After detection the gate merges the new boxes with the boxes carried over from earlier frames.
 
-The privacy argument (tested in tests/pipelines/test_change_gate.py on clips with ground truth):
+The privacy argument (tested in tests/pipelines/tracking/test_change_gate.py on clips with ground truth):
 
 * a cell's reference is only replaced when the detector has just looked at that cell, so slow drift
   accumulates against the old reference until it crosses the threshold: a face cannot creep in below it;

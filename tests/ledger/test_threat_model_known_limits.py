@@ -57,7 +57,7 @@ def test_two_colluding_nodes_asked_first_pass_an_old_watchlist_until_an_honest_t
     """Two Byzantine nodes are f + 1 tip sources: when a sync asks both first, their old (really certified)
     tip and matching old watchlist pass as current. The first node asked rotates, so the next sync meets an
     honest tip, reads the newer watchlist elsewhere and passes the liar over."""
-    from tests.ledger.test_watchlist_freshness import Chain, _nodes, _record, _sync
+    from tests.ledger.client.test_watchlist_freshness import Chain, _nodes, _record, _sync
 
     chain = Chain()
     kek, kid = os.urandom(32), b"kid-0001"

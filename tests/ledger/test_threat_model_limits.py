@@ -76,7 +76,7 @@ def test_node_omitting_a_record_at_the_certified_height_is_not_believed() -> Non
     from pipelines.recognition.matching import MATCHED
     from pipelines.recognition.watchlist_index import WatchlistIndex
     from pipelines.transforms.enrich_risk import LedgerWatchlistSource, RiskConfig, enrich_frame
-    from tests.ledger.test_watchlist_freshness import Chain, _frame, _nodes, _record, _sync
+    from tests.ledger.client.test_watchlist_freshness import Chain, _frame, _nodes, _record, _sync
 
     kek, kid = os.urandom(32), b"kid-0001"
     template = np.random.default_rng(7).standard_normal(128).astype(np.float32)
@@ -119,7 +119,7 @@ def test_omitting_node_with_one_honest_node_left_makes_the_watchlist_stale() -> 
     from pipelines.recognition.watchlist_index import WatchlistIndex
     from pipelines.transforms.enrich_risk import LedgerWatchlistSource, RiskConfig, enrich_frame
     from pipelines.transforms.mask_faces import decide_face
-    from tests.ledger.test_watchlist_freshness import Chain, _closed_address, _frame, _nodes, _record, _sync
+    from tests.ledger.client.test_watchlist_freshness import Chain, _closed_address, _frame, _nodes, _record, _sync
 
     chain = Chain()
     kek, kid = os.urandom(32), b"kid-0001"
@@ -148,7 +148,7 @@ def test_incremental_sync_omitting_an_erasure_is_not_believed() -> None:
 
     import numpy as np
 
-    from tests.ledger.test_watchlist_freshness import Chain, _nodes, _record, _sync
+    from tests.ledger.client.test_watchlist_freshness import Chain, _nodes, _record, _sync
 
     chain = Chain()
     kek, kid = os.urandom(32), b"kid-0001"

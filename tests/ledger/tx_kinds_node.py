@@ -1,4 +1,4 @@
-"""A Byzantine validator process for the transaction-kinds tests (tests/ledger/test_tx_kinds_cluster.py).
+"""A Byzantine validator process for the transaction-kinds tests (tests/ledger/registry/test_kinds_cluster.py).
 
 It runs the real node code (``ledger.node.node.LedgerNode``) with its real validator key and adds two attacks,
 driven by a JSON control file the test rewrites while it runs (path in ``$TXK_CONTROL``)::

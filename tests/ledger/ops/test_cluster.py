@@ -18,7 +18,7 @@ from tests.ledger_util import (anchor_txs, assert_no_fork, committed_on, heights
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
 
 
 def test_soak_few_kill_restart_cycles(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
     import ledger_soak
 
     result = ledger_soak.run(tmp_path / "soak", cycles=6, seed=3, log=lambda *_: None)

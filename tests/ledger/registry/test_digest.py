@@ -110,7 +110,7 @@ def test_index_made_before_digests_starts_them_at_its_applied_height(tmp_path: A
 def _follower(cluster: Any, old: list[dict]) -> Any:
     """A lying node on node 0's address that follows the real chain through node 1 at every request: node 1's
     current certified tip and registry height, but ``old`` records in place of what changed since."""
-    from tests.ledger.test_watchlist_freshness import FakeNode
+    from tests.ledger.client.test_watchlist_freshness import FakeNode
 
     class Follower(FakeNode):
         @property
@@ -182,7 +182,7 @@ def test_two_colluding_nodes_omitting_a_record_pass_until_honest_digests_are_see
     import os
 
     from ledger.client.watchlist import WatchlistStale
-    from tests.ledger.test_watchlist_freshness import Chain, _nodes, _record, _sync
+    from tests.ledger.client.test_watchlist_freshness import Chain, _nodes, _record, _sync
 
     chain = Chain()
     kek, kid = os.urandom(32), b"kid-0001"

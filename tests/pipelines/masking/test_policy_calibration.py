@@ -18,7 +18,7 @@ import pytest
 
 from pipelines.masking.policy import NON_SUSPECT_COMBOS, Policy, calibration_violations, spec_digest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 RESULT = ROOT / "bench" / "results" / "masking_calibration.json"
 
 

@@ -38,7 +38,7 @@ from tests.ledger_util import heights, make_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HONEST = [0, 1, 2]
 BYZ = 3
 
