@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from pipelines.masking.filters import apply_mask, mask_whole_frame
 from pipelines.masking.policy import MODES, Policy, PolicyError
 from pipelines.models.detection import Detection
 from pipelines.models.detector import DETECTORS, FaceDetector, load_detector
-from pipelines.models.fetch import ModelError
+from pipelines.models.fetch import ModelError, sha256_file
 from riskmask.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +53,8 @@ class FileRecord:
     metadata_kept: bool = False
 
 
+# Same shape as ledger/audit/decisions.py:DecisionStats, ledger/audit/manifest.py:ManifestReport and
+# pipelines/video_io.py:TranscodeResult: different reports (a redaction run, an audit, one video's transcode).
 @dataclass
 class RedactStats:
     files: int = 0
@@ -255,14 +256,6 @@ def redact_path(red: Redactor, src: pathlib.Path, dst: pathlib.Path, quiet: bool
     return stats
 
 
-def sha256_file(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _relative(path: str, base: Optional[pathlib.Path]) -> str:
     if base is None:
         return path
@@ -294,6 +287,7 @@ def build_manifest(stats: RedactStats, policy: Policy, detector: FaceDetector, r
 
 
 # -- command line ------------------------------------------------------------------------------------------------
+# Same shape as the types below, infra/console/cli.py:_port, ledger/ops/manager_cli.py:_risk: own range per flag.
 def _threshold(text: str) -> float:
     try:
         v = float(text)

@@ -71,19 +71,20 @@ class Keyring:
         ring.add_kek(os.urandom(32))
         return ring
 
-    def add_pseudonym_key(self, key: bytes) -> bytes:
+    def _store(self, table: dict[bytes, bytes], key: bytes) -> bytes:
+        """Put ``key`` into ``table`` under its id, stamp its creation time, return the id."""
         kid = key_id(key)
-        self.pseudonym_keys[kid] = key
-        self.active_pseudonym = kid
+        table[kid] = key
         self.created[kid.hex()] = time.time()
         return kid
 
+    def add_pseudonym_key(self, key: bytes) -> bytes:
+        self.active_pseudonym = self._store(self.pseudonym_keys, key)
+        return self.active_pseudonym
+
     def add_kek(self, key: bytes) -> bytes:
-        kid = key_id(key)
-        self.keks[kid] = key
-        self.active_kek = kid
-        self.created[kid.hex()] = time.time()
-        return kid
+        self.active_kek = self._store(self.keks, key)
+        return self.active_kek
 
     @property
     def pseudonym_key(self) -> bytes:
@@ -116,6 +117,7 @@ class Keyring:
                      for k, v in self.keks.items()],
         }, indent=2, sort_keys=True)
 
+    # Same shape as ledger/client/keys.py:FrameKeys.from_json: another file format (key sections, not a camera map).
     @classmethod
     def from_json(cls, text: str) -> "Keyring":
         try:
@@ -391,6 +393,7 @@ def add_commands(sub) -> None:
     rot.add_argument("--pseudonym-key", action="store_true",
                      help="also start a new pseudonymisation key (old pseudonyms stay searchable)")
     rot.set_defaults(func=_keys_rotate)
+    # Same shape as infra/cli.py:_register_broker: argparse declarations, one subcommand each.
     show = ksub.add_parser("show", help="print key ids and which are active (never the keys)")
     _keys_dir_option(show)
     show.set_defaults(func=_keys_show)

@@ -109,6 +109,14 @@ def _dir(args: argparse.Namespace) -> Path:
     return (args.dir or default_dir()).expanduser()
 
 
+def _cluster(args: argparse.Namespace) -> Cluster:
+    """The cluster in ``args.dir``; a missing or broken one is a user error."""
+    try:
+        return Cluster(_dir(args))
+    except ClusterError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     out = (args.out or default_dir()).expanduser()
     try:
@@ -155,10 +163,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    try:
-        cluster = Cluster(_dir(args))
-    except ClusterError as exc:
-        raise UserError(str(exc)) from None
+    cluster = _cluster(args)
     stopped = cluster.down()
     print(f"stopped {len(stopped)} node(s)" if stopped else "no node was running")
     return 0
@@ -182,10 +187,7 @@ def format_status(cluster: Cluster, states: Optional[list] = None) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    try:
-        cluster = Cluster(_dir(args))
-    except ClusterError as exc:
-        raise UserError(str(exc)) from None
+    cluster = _cluster(args)
     states = cluster.status()
     print(format_status(cluster, states))
     answering = sum(1 for st in states if st.status is not None)

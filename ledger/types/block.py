@@ -157,13 +157,10 @@ class BlockHeader:
         except (struct.error, TypeError, ValueError, AttributeError) as exc:
             raise ValidationError(f"cannot encode block header: {exc}") from None
 
+    # Same shape as ledger/types/votes.py:Vote.decode: each message has its own limit, tag and layout.
     @classmethod
     def decode(cls, data: bytes) -> "BlockHeader":
-        codec.check_size(data, 512, "block header")
-        r = Reader(data)
-        h = cls._read(r)
-        r.end()
-        return h
+        return codec.decode_whole(data, 512, "block header", cls._read)
 
     @classmethod
     def _read(cls, r: Reader) -> "BlockHeader":
@@ -230,11 +227,7 @@ class Block:
 
     @classmethod
     def decode(cls, data: bytes) -> "Block":
-        codec.check_size(data, MAX_BLOCK_BYTES, "block")
-        r = Reader(data)
-        b = cls._read(r)
-        r.end()
-        return b
+        return codec.decode_whole(data, MAX_BLOCK_BYTES, "block", cls._read)
 
     @classmethod
     def _read(cls, r: Reader) -> "Block":
@@ -290,6 +283,7 @@ class Proposal:
     stub: ProposalStub
     block: Block
 
+    # Same shape as ledger/types/block.py:Proposal.round and the forwarders below: one property per stub field.
     @property
     def height(self) -> int:
         return self.stub.height

@@ -10,8 +10,11 @@ This is the one binary codec of the ledger: blocks, votes, transactions and the 
 from __future__ import annotations
 
 import struct
+from typing import Callable, TypeVar
 
 from ledger.errors import DecodeError
+
+T = TypeVar("T")
 
 MAX_TX_BYTES = 72 * 1024          # a maximal ledger.registry.payloads registry payload is just over 64 KiB
 MAX_PAYLOAD_BYTES = MAX_TX_BYTES - 128
@@ -191,3 +194,12 @@ def check_size(data: bytes, limit: int, what: str) -> None:
         raise DecodeError(f"{what}: expected bytes")
     if len(data) > limit:
         raise DecodeError(f"{what} of {len(data)} bytes exceeds the {limit}-byte limit")
+
+
+def decode_whole(data: bytes, limit: int, what: str, read: Callable[[Reader], T]) -> T:
+    """``read`` one value from ``data`` (at most ``limit`` bytes), refusing trailing bytes."""
+    check_size(data, limit, what)
+    r = Reader(data)
+    value = read(r)
+    r.end()
+    return value

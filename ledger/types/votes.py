@@ -60,6 +60,7 @@ def _encode_guard(fn):
     return wrapper
 
 
+# Same shape as ledger/registry/payloads.py:_check_len, pipelines/recognition/matching.py:MatchResult: own errors.
 def _check_sig(sig: bytes, what: str) -> None:
     if not isinstance(sig, bytes) or len(sig) != SIG:
         raise ValidationError(f"{what} signature must be 64 bytes")
@@ -94,13 +95,10 @@ class Vote:
         _check_sig(self.signature, "vote")
         return self.signing_bytes() + self.signature
 
+    # Same shape as ledger/types/block.py:BlockHeader.decode: each message has its own limit, tag and layout.
     @classmethod
     def decode(cls, data: bytes) -> "Vote":
-        codec.check_size(data, 256, "vote")
-        r = Reader(data)
-        v = cls._read(r)
-        r.end()
-        return v
+        return codec.decode_whole(data, 256, "vote", cls._read)
 
     @classmethod
     def _read(cls, r: Reader) -> "Vote":
@@ -132,6 +130,7 @@ class Vote:
         """The exact bytes the signature covers."""
         return crypto.signing_bytes(self.domain, self.signing_bytes(), chain_id)
 
+    # Same shape as ledger/types/votes.py:ProposalStub.create/verify: other fields and another signing domain.
     @classmethod
     def create(cls, key: crypto.PrivateKey, chain_id: str, vtype: int, height: int, round_: int,
                block_hash: Optional[bytes], validator: int) -> "Vote":
@@ -167,11 +166,7 @@ class ProposalStub:
 
     @classmethod
     def decode(cls, data: bytes) -> "ProposalStub":
-        codec.check_size(data, 256, "proposal stub")
-        r = Reader(data)
-        s = cls._read(r)
-        r.end()
-        return s
+        return codec.decode_whole(data, 256, "proposal stub", cls._read)
 
     @classmethod
     def _read(cls, r: Reader) -> "ProposalStub":
@@ -203,6 +198,7 @@ class ProposalStub:
         return (verifier or crypto.verify_raw)(public_key, self.signed(chain_id), self.signature)
 
 
+# Same shape as ledger/consensus/events.py:ChainTip: part of the certificate's wire format, not consensus state.
 @dataclass(frozen=True)
 class CommitSig:
     """One precommit signature inside a commit certificate."""
@@ -332,11 +328,7 @@ class Evidence:
 
     @classmethod
     def decode(cls, data: bytes) -> "Evidence":
-        codec.check_size(data, codec.MAX_EVIDENCE_BYTES, "evidence")
-        r = Reader(data)
-        ev = cls._read(r)
-        r.end()
-        return ev
+        return codec.decode_whole(data, codec.MAX_EVIDENCE_BYTES, "evidence", cls._read)
 
     @classmethod
     def _read(cls, r: Reader) -> "Evidence":
