@@ -50,6 +50,7 @@ def _register_broker(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     start.add_argument("--timeout", type=float, default=30.0, help="seconds to wait until it answers")
     start.set_defaults(func=_broker_start)
 
+    # Same shape as ledger/client/keys.py:add_commands and infra/cli.py:_register_status: one argparse subcommand each.
     stop = bsub.add_parser("stop", help="stop the broker recorded in the state directory")
     _state_dir_option(stop)
     stop.set_defaults(func=_broker_stop)
@@ -113,6 +114,7 @@ def _register_down(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
 
 
 def _register_status(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    # Same shape as infra/cli.py:_register_broker's status: the stack's status command, not the broker's.
     p = sub.add_parser("status", help="is the local stack running (exit 1 if not)")
     _root_option(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")

@@ -215,6 +215,7 @@ class Genesis:
             raise _fail(where, "validator public keys must be distinct")
         return cls(chain_id, gtime, tuple(vals))
 
+    # Same shape as ledger/config.py:ClientRegistry.load: each file kind has its own parser and name.
     @classmethod
     def load(cls, path: Path) -> "Genesis":
         return cls.from_dict(_read_json(path, "genesis"), where=f"genesis {path}")

@@ -165,6 +165,7 @@ class BrokerProbe:
         self.up, self.checked_at = up, time.monotonic()
         BROKER_UP.set(1 if up else 0)
 
+    # Same shape as pipelines/transforms/enrich_risk.py:_Refresher.start/stop: this one probes first, never joins.
     def start(self) -> None:
         self.probe_once()
         self._thread = threading.Thread(target=self._loop, name="broker-probe", daemon=True)

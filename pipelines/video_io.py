@@ -36,6 +36,8 @@ DEFAULT_CRF = 20
 DEFAULT_PRESET = "veryfast"
 
 
+# Same shape as ledger/audit/manifest.py:ManifestReport, ledger/audit/decisions.py:DecisionStats,
+# ledger/consensus/events.py:ConsensusParams, pipelines/redact.py:RedactStats: unrelated tallies and settings.
 class VideoError(Exception):
     """A video cannot be read or written (message fit for a user)."""
 

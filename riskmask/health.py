@@ -78,6 +78,7 @@ class HealthServer:
         logger.info("metrics and health on http://%s:%d/metrics, /healthz, /readyz", self.host, self.port)
         return self.port
 
+    # Same shape as ledger/ops/exporter.py:Exporter.close: each releases its own resource; base imports no ledger.
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()

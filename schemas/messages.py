@@ -61,6 +61,7 @@ class Message:
 @dataclass(frozen=True)
 class CameraFrame(Message):
     SCHEMA: ClassVar[str] = "riskmask.v1.CameraFrame"
+    # Same shape as pipelines/frame.py:FrameContext: wire record vs decoded frame; schemas imports no pipelines.
     camera_id: str
     epoch: int
     seq: int
@@ -205,6 +206,7 @@ class AuditBlock(Message):
         return block
 
 
+# Same shape as schemas/messages.py:CommitSig, LedgerBlock and the other messages: each mirrors its own .avsc record.
 @dataclass(frozen=True)
 class LedgerTx(Message):
     SCHEMA: ClassVar[str] = ""  # nested only

@@ -17,6 +17,7 @@ from riskmask.errors import UserError
 logger = logging.getLogger(__name__)
 
 
+# Same shape as ledger/ops/manager_cli.py:_risk, pipelines/redact.py:_mask_scale: one argparse type per flag.
 def _port(text: str) -> int:
     try:
         v = int(text)

@@ -39,6 +39,7 @@ class TopicNames:
     ledger: str = "ledger.blocks"
 
 
+# Same shape as ledger/audit/verifier.py:AuditReport: the console's live per-camera counters, not an audit result.
 @dataclass
 class CameraStats:
     camera_id: str
@@ -125,6 +126,7 @@ class ConsoleState:
             if getattr(fr, "watchlist_height", -1) >= 0:
                 cam.watchlist_height = fr.watchlist_height
 
+    # Same shape as infra/console/feed.py:ConsoleState.on_audit_block: another topic, message type and counter.
     def on_dlq(self, value: bytes) -> None:
         try:
             dl = DeadLetter.from_bytes(value)

@@ -80,6 +80,8 @@ class Decision:
                 + (f" ref {f.subject_ref}" if f.subject_ref else ""))
 
 
+# Same shape as ledger/audit/manifest.py:ManifestReport, pipelines/redact.py:RedactStats and
+# pipelines/video_io.py:TranscodeResult: each command's own tally; the ledger imports no pipelines.
 @dataclass
 class DecisionStats:
     records: int = 0
@@ -128,6 +130,7 @@ def add_decisions_command(asub: Any) -> None:
     q.add_argument("--auditor-key", type=Path, required=True,
                    help="the auditor private key file (auditor.x25519, from `riskmask keys auditor`) or its "
                         "directory")
+    # Same shape as ledger/audit/verifier.py:add_commands: the same flags, with this command's own help.
     q.add_argument("--genesis", type=Path, default=None,
                    help="genesis.json: also verify the ledger chain and the anchors first (default: "
                         "<$RISKMASK_LEDGER_DIR or ./.riskmask/ledger>/genesis.json when present)")

@@ -24,6 +24,8 @@ VERSIONS = {1}
 MAX_MANIFEST_BYTES = 64 << 20
 
 
+# Same shape as pipelines/video_io.py:TranscodeResult, pipelines/redact.py:RedactStats and
+# ledger/audit/decisions.py:DecisionStats: each command's own tally; the ledger imports no pipelines.
 class ManifestError(ValueError):
     """The manifest cannot be read or is not a redaction manifest."""
 

@@ -62,6 +62,7 @@ class AnchorRecord:
     anchor: AnchorTx
 
 
+# Same shape as infra/console/feed.py:CameraStats, ledger/consensus/events.py:ConsensusParams: unrelated fields.
 @dataclass
 class AuditReport:
     """What was verified, for the summary; ``failure`` is None when everything is intact."""
@@ -417,6 +418,7 @@ def add_commands(sub) -> None:
     for name, helptext in (("verify", "verify everything on the topics now; exit 0 when intact"),
                            ("follow", "verify continuously as blocks arrive; exit non-zero at the first bad one")):
         q = asub.add_parser(name, help=helptext)
+        # Same shape as ledger/audit/decisions.py:add_decisions_command: the same flags, with these commands' own help.
         q.add_argument("--genesis", type=Path, default=None,
                        help="genesis.json (default: <$RISKMASK_LEDGER_DIR or ./.riskmask/ledger>/genesis.json)")
         q.add_argument("--clients", type=Path, default=None,

@@ -28,6 +28,7 @@ TIMEOUT_PREVOTE = "prevote"
 TIMEOUT_PRECOMMIT = "precommit"
 
 
+# Same shape as ledger/audit/verifier.py:AuditReport, pipelines/video_io.py:TranscodeResult: unrelated field lists.
 @dataclass(frozen=True)
 class ConsensusParams:
     """Timeouts in seconds; a round's timeout is ``min(base + delta * round, timeout_max)``."""
@@ -52,6 +53,7 @@ class ConsensusParams:
         return min(base + delta * round_, self.timeout_max)
 
 
+# Same shape as ledger/consensus/events.py:TimeoutFired, ledger/types/votes.py:CommitSig: unrelated frozen records.
 @dataclass(frozen=True)
 class ChainTip:
     """The last finalized block: height 0 means genesis (genesis hash, genesis time)."""

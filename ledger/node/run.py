@@ -26,6 +26,7 @@ ENV_PROFILE = "RISKMASK_LEDGER_PROFILE"
 
 async def _serve(cfg: NodeConfig, metrics_port: Optional[int] = None, metrics_host: str = "0.0.0.0") -> int:
     os.umask(0o077)  # data directories 0700, databases and everything else the node writes 0600
+    # Same shape as tests/ledger/byzantine_node.py:_serve: the product must not import the test's node class.
     node = LedgerNode(cfg)
     stop = asyncio.Event()
     node.stop_event = stop

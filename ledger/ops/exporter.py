@@ -242,6 +242,7 @@ class Exporter:
         logger.info("exporting %s from height %d", self.topic, self.next_height)
         return self.next_height
 
+    # Same shape as riskmask/health.py:HealthServer.stop: each releases its own resource (producer vs HTTP server).
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush()

@@ -90,6 +90,7 @@ def encode_txs(raws: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
+# Same shape as ledger/p2p/sync.py:decode_response: another frame (u32 count, one length per transaction).
 def decode_txs(body: bytes, max_count: int = 100000) -> list[bytes]:
     if len(body) < 4:
         raise SyncError("bad txs frame")

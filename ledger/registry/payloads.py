@@ -60,6 +60,7 @@ class Reader(codec.Reader):
         return super().text(max_len, what)
 
 
+# Same shape as ledger/types/votes.py:_check_sig, pipelines/recognition/matching.py:MatchResult: own errors.
 def _check_len(name: str, value: bytes, n: int) -> None:
     if not isinstance(value, (bytes, bytearray)) or len(value) != n:
         raise PayloadError(f"{name} must be {n} bytes")

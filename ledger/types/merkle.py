@@ -141,6 +141,7 @@ def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[byte
         raise ProofError(f"index {index} not in a tree of size {size}")
     fn, sn = index, size - 1
     r = leaf
+    # Same shape as ledger/types/merkle.py:verify_consistency: RFC 9162 walks the same path but hashes other pairs.
     for p in proof:
         if sn == 0:
             raise ProofError("proof longer than the tree is deep")

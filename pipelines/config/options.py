@@ -76,6 +76,7 @@ def validate(options: PipelineOptions) -> RiskmaskOptions:
     _check_policy(opts.policy)
     if opts.detector_threshold is not None and not 0.0 < opts.detector_threshold < 1.0:
         raise OptionsError(f"detector threshold must be in (0, 1), got {opts.detector_threshold}")
+    # Same shape as the other checks of pipelines/config/options.py:validate: one bound and message per option.
     if not 1 <= opts.detector_threads <= 64:
         raise OptionsError(f"threads must be 1..64, got {opts.detector_threads}")
     if not 1024 <= opts.max_frame_bytes <= 64 * 1024 * 1024:

@@ -101,6 +101,7 @@ class ProducerConfig:
             raise ProducerError("reconnect give-up time must be >= 0")
 
 
+# Same shape as pipelines/kafkaio/source.py:SourceConfig: a run's tally, not reader settings.
 @dataclasses.dataclass
 class ProduceStats:
     """What a run sent."""

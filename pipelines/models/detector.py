@@ -104,6 +104,7 @@ class _TiledDetector(abc.ABC):
         return dp.merge(found, w, h)
 
 
+# Same shape as pipelines/models/detector.py:CenterFaceDetector: each model has its own input name, layout, threshold.
 class YuNetDetector(_TiledDetector):
     """YuNet 2023mar through onnxruntime (not cv2.FaceDetectorYN)."""
 

@@ -53,6 +53,7 @@ class MatchConfig:
             raise MatchingError(f"margin must be in [0, 2], got {self.margin!r}")
 
 
+# Same shape as ledger/registry/payloads.py:SubjectTx, ledger/types/votes.py:Vote: unrelated records, own errors.
 @dataclass(frozen=True)
 class MatchResult:
     """Outcome for one query. ``subject`` is a row of the watchlist's subject table, -1 unless matched."""

@@ -39,6 +39,7 @@ SUBJECT_REF_BYTES = 8
 FAST_SCAN_MIN_TEMPLATES = 10_000
 
 
+# Same shape as pipelines/tracking/tracks.py:TrackingError, Box: each module's own error and record.
 class WatchlistError(ValueError):
     """An index that cannot be built from the given records."""
 

@@ -42,6 +42,7 @@ GAP_FILLED = "gap_filled"
 REVERIFY_PHASE_STEP = 7
 
 
+# Same shape as pipelines/recognition/watchlist_index.py:WatchlistError, Subject: each module's own error, record.
 class TrackingError(ValueError):
     """Bad tracker input (non-finite boxes, bad frame size) or configuration."""
 
