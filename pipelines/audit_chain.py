@@ -27,7 +27,7 @@ from schemas.messages import AuditBlock, AuditRecord, FaceDecision, RedactedFram
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BLOCK_DOMAIN", "ZERO_HASH", "AuditChainError", "CameraChain", "FlushRule", "anchor_tx", "block_hash",
+__all__ = ["BLOCK_DOMAIN", "ZERO_HASH", "AuditChainError", "CameraChain", "ChainHead", "FlushRule", "anchor_tx", "block_hash",
            "make_block", "merkle_root", "padded", "record_from_redacted", "scrub_face", "seal_decisions",
            "verify_block", "verify_chain"]
 
@@ -91,8 +91,43 @@ class FlushRule:
 
 
 @dataclass
+class ChainHead:
+    """One camera's chain without its pending records: the next index, the last block hash, and the count and
+    capture-time span of what is pending. Small and fixed-size, so a runner can store it on every frame while
+    the records themselves are appended to a bag (pipelines.transforms.audit)."""
+
+    camera_id: str
+    rule: FlushRule = field(default_factory=FlushRule)
+    next_index: int = 0
+    prev_hash: bytes = ZERO_HASH
+    pending: int = 0
+    start_us: int = 0
+    end_us: int = 0
+
+    def admit(self, record: AuditRecord) -> bool:
+        """Count ``record`` as pending; True when the pending records must now be sealed into a block."""
+        if record.camera_id != self.camera_id:
+            raise AuditChainError("record of another camera")
+        ts = record.capture_ts_us
+        self.start_us, self.end_us = (ts, ts) if not self.pending else (min(self.start_us, ts), max(self.end_us, ts))
+        self.pending += 1
+        return self.pending >= self.rule.max_records or self.end_us - self.start_us >= self.rule.max_window_us
+
+    def seal(self, records: Sequence[AuditRecord]) -> AuditBlock:
+        """The block of ``records`` (the pending ones, in arrival order); advances the chain."""
+        if len(records) != self.pending or not records:
+            raise AuditChainError(f"{len(records)} records to seal, {self.pending} pending")
+        block = make_block(self.camera_id, self.next_index, self.prev_hash, list(records))
+        self.next_index += 1
+        self.prev_hash = block.block_hash
+        self.pending = 0
+        logger.debug("audit block %s #%d: %d records", self.camera_id, block.index, len(block.records))
+        return block
+
+
+@dataclass
 class CameraChain:
-    """One camera's chain state: the next index, the last block hash and the pending records."""
+    """One camera's chain state held in one object: a :class:`ChainHead` and the pending records."""
 
     camera_id: str
     rule: FlushRule = field(default_factory=FlushRule)
@@ -100,24 +135,24 @@ class CameraChain:
     prev_hash: bytes = ZERO_HASH
     pending: list[AuditRecord] = field(default_factory=list)
 
+    def head(self) -> ChainHead:
+        head = ChainHead(self.camera_id, self.rule, self.next_index, self.prev_hash)
+        for r in self.pending:
+            head.admit(r)
+        return head
+
     def add(self, record: AuditRecord) -> Optional[AuditBlock]:
         """Append a record; returns the block it completed, if any."""
-        if record.camera_id != self.camera_id:
-            raise AuditChainError("record of another camera")
+        head = self.head()
+        cut = head.admit(record)
         self.pending.append(record)
-        start = min(r.capture_ts_us for r in self.pending)
-        end = max(r.capture_ts_us for r in self.pending)
-        if len(self.pending) >= self.rule.max_records or end - start >= self.rule.max_window_us:
-            return self.flush()
-        return None
+        return self.flush() if cut else None
 
     def flush(self) -> Optional[AuditBlock]:
         """Seal the pending records into a block (None when nothing is pending)."""
         if not self.pending:
             return None
-        block = make_block(self.camera_id, self.next_index, self.prev_hash, self.pending)
-        self.next_index += 1
-        self.prev_hash = block.block_hash
-        self.pending = []
-        logger.debug("audit block %s #%d: %d records", self.camera_id, block.index, len(block.records))
+        head = self.head()
+        block = head.seal(self.pending)
+        self.next_index, self.prev_hash, self.pending = head.next_index, head.prev_hash, []
         return block

@@ -203,3 +203,80 @@ def test_audit_from_options_finds_the_auditor_key(tmp_path) -> None:
     (tmp_path / "broken.pub").write_text("{not json")
     with pytest.raises(ValueError):
         audit_from_options(SimpleNamespace(auditor_public_key=str(tmp_path / "broken.pub")))
+
+
+class _Cell:
+    """In-memory stand-in for one key's read-modify-write state, for calling the DoFn directly."""
+
+    def __init__(self, value=None) -> None:
+        self.value = value
+
+    def read(self):
+        return self.value
+
+    def write(self, value) -> None:
+        self.value = value
+
+    def clear(self) -> None:
+        self.value = None
+
+
+class _Bag:
+    """In-memory stand-in for one key's bag state."""
+
+    def __init__(self) -> None:
+        self.bag: list = []
+
+    def read(self):
+        return list(self.bag)
+
+    def add(self, item) -> None:
+        self.bag.append(item)
+
+    def clear(self) -> None:
+        self.bag = []
+
+
+def _records(camera: str, n: int) -> list:
+    return [record_from_redacted(encode_frame(masked_frame(camera, seq))) for seq in range(n)]
+
+
+def test_head_and_bag_state_cut_the_same_blocks_as_one_chain_object() -> None:
+    """The stage keeps a small head and a bag of records; its blocks are byte-identical to CameraChain's,
+    even when the bag hands the records back in another order."""
+    from pipelines.audit_chain import CameraChain
+    from pipelines.transforms.audit import _AuditChainFn
+
+    rule = FlushRule(max_records=7)
+    records = _records("cam-b", 23)
+    chain = CameraChain("cam-b", rule)
+    expected = [b for r in records if (b := chain.add(r)) is not None]
+    fn = _AuditChainFn(rule, None)
+    fn.setup()
+    head, pending, legacy = _Cell(), _Bag(), _Cell()
+    got = []
+    for r in records:
+        pending.bag.reverse()  # no order guarantee from a bag
+        got += [AuditBlock.from_bytes(m.value) for m in fn.process(("cam-b", r), head, pending, legacy)]
+    assert [b.block_hash for b in got] == [b.block_hash for b in expected] and len(got) == 3
+    verify_chain(got)  # raises on a broken link
+    assert head.value.pending == 2 and len(pending.bag) == 2
+
+
+def test_a_chain_in_the_old_single_state_is_carried_over() -> None:
+    """A savepoint of the earlier layout (the whole CameraChain in one 'chain' cell) continues the same chain."""
+    from pipelines.audit_chain import CameraChain
+    from pipelines.transforms.audit import _AuditChainFn
+
+    rule = FlushRule(max_records=4)
+    records = _records("cam-o", 10)
+    whole = CameraChain("cam-o", rule)
+    expected = [b for r in records if (b := whole.add(r)) is not None]
+    old = CameraChain("cam-o", rule)
+    first = [b for r in records[:6] if (b := old.add(r)) is not None]  # one block cut, two records pending
+    fn = _AuditChainFn(rule, None)
+    fn.setup()
+    head, pending, legacy = _Cell(), _Bag(), _Cell(old)
+    rest = [AuditBlock.from_bytes(m.value) for r in records[6:] for m in fn.process(("cam-o", r), head, pending, legacy)]
+    assert [b.block_hash for b in first + rest] == [b.block_hash for b in expected]
+    assert legacy.value is None
