@@ -135,7 +135,13 @@ class CameraChain:
     prev_hash: bytes = ZERO_HASH
     pending: list[AuditRecord] = field(default_factory=list)
 
+    _head: ChainHead = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._head = self.head()
+
     def head(self) -> ChainHead:
+        """A fresh head derived from the fields (also how a chain saved in this form is carried over)."""
         head = ChainHead(self.camera_id, self.rule, self.next_index, self.prev_hash)
         for r in self.pending:
             head.admit(r)
@@ -143,8 +149,7 @@ class CameraChain:
 
     def add(self, record: AuditRecord) -> Optional[AuditBlock]:
         """Append a record; returns the block it completed, if any."""
-        head = self.head()
-        cut = head.admit(record)
+        cut = self._head.admit(record)
         self.pending.append(record)
         return self.flush() if cut else None
 
@@ -152,7 +157,6 @@ class CameraChain:
         """Seal the pending records into a block (None when nothing is pending)."""
         if not self.pending:
             return None
-        head = self.head()
-        block = head.seal(self.pending)
-        self.next_index, self.prev_hash, self.pending = head.next_index, head.prev_hash, []
+        block = self._head.seal(self.pending)
+        self.next_index, self.prev_hash, self.pending = self._head.next_index, self._head.prev_hash, []
         return block
